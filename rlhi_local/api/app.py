@@ -1,0 +1,134 @@
+"""The ASGI application: OpenAI-compatible routes plus rlhi-local's native ones.
+
+Routes are `async def` so they all run on the event loop thread (the store is touched from there
+and the model only from the engine's worker thread). `/openapi.json` documents every route.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from fastapi import FastAPI, Query, Request
+from fastapi.routing import APIRoute
+from starlette.responses import Response
+
+from .. import __version__
+from .chat import DEFAULT_USER, chat_completions
+from .errors import install_error_handlers
+from .middleware import BodyLimitMiddleware, TokenAuthMiddleware
+from .schemas import (
+    ID_PATTERN,
+    ChatCompletion,
+    ChatCompletionRequest,
+    ConversationList,
+    ConversationOut,
+    Deleted,
+    ErrorBody,
+    Health,
+    ModelList,
+)
+from .state import AppState
+
+__all__ = ["create_app"]
+
+_ERRORS = {
+    400: {"model": ErrorBody, "description": "Invalid request"},
+    404: {"model": ErrorBody, "description": "Unknown model or conversation"},
+    413: {"model": ErrorBody, "description": "Body too large"},
+    503: {"model": ErrorBody, "description": "Queue full"},
+}
+
+
+def create_app(state: AppState, token: str | None = None) -> FastAPI:
+    """Build the app around a started daemon's state. `token` guards TCP requests."""
+    app = FastAPI(
+        title="rlhi-local",
+        version=__version__,
+        description=(
+            "A private, on-device assistant daemon. OpenAI-compatible chat completions over a "
+            "Unix socket. Name a conversation with the `x-rlhi-conversation` header or "
+            "`metadata.conversation_id`; name the user with `user` (default: `local`). Send "
+            "`x-rlhi-off-record: 1` to be answered without anything being stored."
+        ),
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.rlhi = state
+    install_error_handlers(app)
+
+    @app.post(
+        "/v1/chat/completions",
+        response_model=ChatCompletion,
+        responses={
+            **_ERRORS,
+            200: {
+                "description": "The answer, or with `stream: true` an SSE stream of chunks",
+                "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            },
+        },
+    )
+    async def create_chat_completion(request: Request, body: ChatCompletionRequest) -> Response:
+        """Answer the last user message; store the turn (unless off the record)."""
+        return await chat_completions(request, body)
+
+    @app.get("/v1/models", response_model=ModelList)
+    async def list_models() -> dict[str, object]:
+        spec = state.spec
+        created = int(spec.path.stat().st_mtime) if spec.path.exists() else 0
+        return {
+            "object": "list",
+            "data": [{"id": spec.id, "object": "model", "created": created, "owned_by": "rlhi-local"}],
+        }
+
+    @app.get("/health", response_model=Health)
+    async def health() -> dict[str, object]:
+        spec = state.spec
+        return {
+            "status": "ok",
+            "version": __version__,
+            "pid": os.getpid(),
+            "uptime_s": round(time.monotonic() - state.started_at, 3),
+            "model": {
+                "id": spec.id,
+                "path": str(spec.path),
+                "fingerprint": spec.fingerprint,
+                "embedded": spec.embedded,
+                "n_ctx": state.engine.n_ctx,
+                "n_threads": state.engine.n_threads,
+            },
+            "queue": {"waiting": state.queue.waiting, "busy": state.queue.busy, "max": state.queue.max_waiting},
+        }
+
+    @app.get("/v1/conversations", response_model=ConversationList, responses=_ERRORS)
+    async def list_conversations(
+        user: str = Query(DEFAULT_USER, pattern=ID_PATTERN),
+        limit: int = Query(100, ge=1, le=1000),
+        offset: int = Query(0, ge=0, le=10**9),
+    ) -> dict[str, object]:
+        """The user's conversations, most recently active first."""
+        rows = state.store.list_conversations(user, limit=limit, offset=offset)
+        return {"object": "list", "data": [c.to_dict() for c in rows]}
+
+    @app.get("/v1/conversations/{conversation_id}", response_model=ConversationOut, responses=_ERRORS)
+    async def get_conversation(
+        conversation_id: str, user: str = Query(DEFAULT_USER, pattern=ID_PATTERN)
+    ) -> dict[str, object]:
+        """One conversation with every message (a tree: follow `parent_id`)."""
+        return state.store.get_conversation(user, conversation_id).to_dict(with_messages=True)
+
+    @app.delete("/v1/conversations/{conversation_id}", response_model=Deleted, responses=_ERRORS)
+    async def delete_conversation(
+        conversation_id: str, user: str = Query(DEFAULT_USER, pattern=ID_PATTERN)
+    ) -> dict[str, object]:
+        """Delete a conversation and all its messages."""
+        state.store.delete_conversation(user, conversation_id)
+        return {"id": conversation_id, "object": "conversation.deleted", "deleted": True}
+
+    for route in app.routes:
+        if isinstance(route, APIRoute):
+            route.operation_id = route.name
+    # Added last runs first: the token is checked before a body is read.
+    app.add_middleware(BodyLimitMiddleware, limit=state.config.server.max_body_bytes)
+    app.add_middleware(TokenAuthMiddleware, token=token)
+    return app

@@ -1,0 +1,229 @@
+"""Request and response shapes of the HTTP API (pydantic): the OpenAPI document is built from them.
+
+Requests follow OpenAI's chat-completions schema; unknown fields are ignored, as OpenAI does, so
+stock clients work. Every string a client sends must be valid Unicode (no lone surrogates), since
+it is stored and tokenized.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+__all__ = [
+    "ChatCompletion",
+    "ChatCompletionRequest",
+    "ChatMessage",
+    "ConversationList",
+    "ConversationOut",
+    "Deleted",
+    "ErrorBody",
+    "Health",
+    "ModelList",
+]
+
+ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
+MAX_TEXT = 1_000_000
+
+
+def _check_text(value: str) -> str:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError("text must be valid Unicode (it contains a lone surrogate)") from exc
+    return value
+
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["text"]
+    text: str = Field(max_length=MAX_TEXT)
+
+    _valid = field_validator("text")(_check_text)
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart] | None = Field(default=None)
+    name: str | None = Field(default=None, max_length=128)
+
+    @field_validator("content")
+    @classmethod
+    def _content(cls, value: str | list[TextPart] | None) -> str | list[TextPart] | None:
+        if isinstance(value, str):
+            if len(value) > MAX_TEXT:
+                raise ValueError(f"content has {len(value)} characters; the limit is {MAX_TEXT}")
+            _check_text(value)
+        return value
+
+    def text(self) -> str:
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content)
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(BaseModel):
+    """OpenAI's chat-completions request. rlhi-local reads the conversation id from the
+    `x-rlhi-conversation` header or `metadata.conversation_id`, and the user from `user`."""
+
+    model_config = ConfigDict(extra="ignore")
+    model: str = Field(min_length=1, max_length=256)
+    messages: list[ChatMessage] = Field(min_length=1, max_length=4096)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    top_k: int | None = Field(default=None, ge=0, le=100_000)
+    min_p: float | None = Field(default=None, ge=0, le=1)
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    stop: str | list[str] | None = None
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**64 - 1)
+    n: int | None = Field(default=None, ge=1, le=1, description="Only one choice is supported.")
+    user: str | None = Field(default=None, pattern=ID_PATTERN)
+    metadata: dict[str, str] | None = Field(default=None, max_length=16)
+
+    @field_validator("stop")
+    @classmethod
+    def _stop(cls, value: str | list[str] | None) -> str | list[str] | None:
+        items = [value] if isinstance(value, str) else (value or [])
+        if len(items) > 4:
+            raise ValueError(f"stop has {len(items)} sequences; at most 4 are allowed")
+        for item in items:
+            if len(item) > 256:
+                raise ValueError("each stop sequence must be at most 256 characters")
+            _check_text(item)
+        return value
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        for k, v in (value or {}).items():
+            if len(k) > 64 or len(v) > 512:
+                raise ValueError("metadata keys are at most 64 and values 512 characters")
+            _check_text(k)
+            _check_text(v)
+        return value
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+class AnswerMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class Choice(BaseModel):
+    index: int
+    message: AnswerMessage
+    finish_reason: str
+    logprobs: None = None
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class StoredIds(BaseModel):
+    """Where the daemon stored the turn (absent fields: nothing stored, e.g. off the record)."""
+
+    conversation_id: str | None
+    message_id: str | None
+    parent_id: str | None
+    new_message_ids: list[str]
+    origin: str | None
+    stored: bool
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    system_fingerprint: str
+    choices: list[Choice]
+    usage: Usage
+    rlhi: StoredIds
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class MessageOut(BaseModel):
+    id: str
+    conversation_id: str
+    parent_id: str | None
+    role: str
+    content: str
+    origin: str
+    status: str
+    created_at: str
+    model: str | None = None
+    model_fingerprint: str | None = None
+    adapter_version: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    ttft_ms: float | None = None
+    latency_ms: float | None = None
+    finish_reason: str | None = None
+
+
+class ConversationOut(BaseModel):
+    id: str
+    user_id: str
+    title: str
+    created_at: str
+    updated_at: str
+    message_count: int
+    messages: list[MessageOut] | None = None
+
+
+class ConversationList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ConversationOut]
+
+
+class Deleted(BaseModel):
+    id: str
+    object: str
+    deleted: bool
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    version: str
+    pid: int
+    uptime_s: float
+    model: dict[str, Any]
+    queue: dict[str, Any]

@@ -1,0 +1,23 @@
+"""What the routes share: settings, the model, its queue and the store (owned by the daemon)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from ..config import Config
+from ..engine import Engine, RequestQueue
+from ..models import ModelSpec
+from ..store import Store
+
+__all__ = ["AppState"]
+
+
+@dataclass
+class AppState:
+    config: Config
+    spec: ModelSpec
+    engine: Engine
+    queue: RequestQueue
+    store: Store
+    started_at: float = field(default_factory=time.monotonic)

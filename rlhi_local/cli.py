@@ -1,0 +1,287 @@
+"""The `rlhi` command: each subcommand parses, calls one domain function, and formats.
+
+Our errors leave as `click.ClickException` (exit 1, a message that says what to do).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import click
+from click_default_group import DefaultGroup
+
+from . import __version__
+from .config import Config, data_dir, load_config, socket_path
+from .errors import DaemonError, RlhiError
+
+__all__ = ["cli", "ensure_daemon"]
+
+log = logging.getLogger(__name__)
+
+
+def _config(ctx: click.Context) -> Config:
+    obj = ctx.ensure_object(dict)
+    if "config" not in obj:
+        try:
+            obj["config"] = load_config(obj.get("flags"))
+        except RlhiError as exc:
+            raise click.ClickException(str(exc)) from exc
+    return obj["config"]  # type: ignore[no-any-return]
+
+
+def _client(config: Config) -> Any:
+    from .client import Client
+
+    return Client(socket_path(config))
+
+
+def _daemon_log() -> Path:
+    return data_dir() / "logs" / "daemon.log"
+
+
+def ensure_daemon(config: Config, wait_s: float = 120.0) -> None:
+    """Start the daemon in the background unless one answers; wait until it is ready."""
+    from .client import Client
+
+    sock = socket_path(config)
+    with Client(sock) as client:
+        try:
+            client.health()
+            return
+        except DaemonError:
+            pass
+        log_path = _daemon_log()
+        log_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        out_path = log_path.with_name("daemon.out")
+        flags: list[str] = []
+        if config.model.path:
+            flags += ["--model", config.model.path]
+        if config.server.socket:
+            flags += ["--socket", config.server.socket]
+        with open(out_path, "ab") as out:
+            os.chmod(out_path, 0o600)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "rlhi_local", "serve", *flags],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                tail = out_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-5:]
+                raise DaemonError(
+                    "The daemon could not start:\n  " + "\n  ".join(tail) + f"\n(full log: {out_path})"
+                )
+            try:
+                client.health()
+                return
+            except DaemonError:
+                time.sleep(0.1)
+        raise DaemonError(f"The daemon did not become ready within {wait_s:.0f}s; see {out_path}.")
+
+
+@click.group(cls=DefaultGroup, default="chat", default_if_no_args=True)
+@click.version_option(__version__, prog_name="rlhi")
+@click.option("--model", "model_path", type=click.Path(dir_okay=False), help="A local GGUF file to serve.")
+@click.option("--socket", "socket", type=click.Path(), help="The daemon's Unix socket path.")
+@click.pass_context
+def cli(ctx: click.Context, model_path: str | None, socket: str | None) -> None:
+    """rlhi-local: a private assistant that learns from how you talk to it.
+
+    Everything stays on this machine. With no subcommand, opens the chat.
+    """
+    ctx.ensure_object(dict)["flags"] = {"model": {"path": model_path}, "server": {"socket": socket}}
+
+
+@cli.command()
+@click.option("--tcp-port", type=int, default=None, help="Also listen on loopback TCP (bearer token).")
+@click.option("-v", "--verbose", is_flag=True, help="Log at DEBUG level.")
+@click.pass_context
+def serve(ctx: click.Context, tcp_port: int | None, verbose: bool) -> None:
+    """Run the daemon in the foreground (logs to the data dir and stderr).
+
+    Example: rlhi serve
+    """
+    obj = ctx.ensure_object(dict)
+    obj["flags"]["server"]["tcp_port"] = tcp_port
+    config = _config(ctx)
+    from .daemon import Daemon, ensure_private_dir
+
+    handlers: list[logging.Handler] = [logging.StreamHandler()]
+    try:
+        ensure_private_dir(data_dir())
+        _daemon_log().parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        handlers.append(logging.FileHandler(_daemon_log(), encoding="utf-8"))
+        os.chmod(_daemon_log(), 0o600)
+    except OSError as exc:
+        click.echo(f"warning: cannot write the log file {_daemon_log()}: {exc}", err=True)
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        handlers=handlers,
+    )
+    daemon = Daemon(config)
+    try:
+        daemon.start()
+    except RlhiError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"rlhi daemon serving on {daemon.socket_path} (pid {os.getpid()})", err=True)
+    daemon.run()
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the raw health document.")
+@click.pass_context
+def status(ctx: click.Context, as_json: bool) -> None:
+    """Say whether the daemon runs, and what it serves.
+
+    Example: rlhi status --json
+    """
+    config = _config(ctx)
+    with _client(config) as client:
+        try:
+            health = client.health()
+        except DaemonError as exc:
+            raise click.ClickException(f"not running: {exc}") from exc
+    if as_json:
+        click.echo(json.dumps(health, indent=2))
+        return
+    m, q = health["model"], health["queue"]
+    click.echo(f"running   pid {health['pid']}, up {health['uptime_s']:.0f}s, version {health['version']}")
+    click.echo(f"socket    {socket_path(config)}")
+    click.echo(f"model     {m['id']} (n_ctx {m['n_ctx']}, {m['n_threads']} threads)")
+    click.echo(f"          {m['path']}")
+    click.echo(f"          sha256 {m['fingerprint']}")
+    click.echo(f"queue     {'busy' if q['busy'] else 'idle'}, {q['waiting']} waiting")
+
+
+def _stream(client: Any, messages: list[dict[str, str]], conversation_id: str | None,
+            params: dict[str, Any]) -> Iterator[Any]:
+    try:
+        yield from client.stream_chat(messages, conversation_id=conversation_id, **params)
+    except RlhiError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@cli.command()
+@click.argument("prompt")
+@click.option("-c", "--conversation", "conversation_id", help="Continue this conversation id.")
+@click.option("--max-tokens", type=click.IntRange(min=1), default=None)
+@click.option("--temperature", type=click.FloatRange(0, 2), default=None)
+@click.option("--seed", type=int, default=None)
+@click.option("--no-start", is_flag=True, help="Fail instead of starting a daemon.")
+@click.pass_context
+def ask(ctx: click.Context, prompt: str, conversation_id: str | None, max_tokens: int | None,
+        temperature: float | None, seed: int | None, no_start: bool) -> None:
+    """Ask one question and stream the answer (starts the daemon if none runs).
+
+    Example: rlhi ask "What is a LoRA adapter?"
+    """
+    config = _config(ctx)
+    try:
+        if not no_start:
+            ensure_daemon(config)
+    except RlhiError as exc:
+        raise click.ClickException(str(exc)) from exc
+    params = {"max_tokens": max_tokens, "temperature": temperature, "seed": seed}
+    with _client(config) as client:
+        for chunk in _stream(client, [{"role": "user", "content": prompt}], conversation_id, params):
+            click.echo(chunk.text, nl=False)
+    click.echo()
+
+
+@cli.command()
+@click.pass_context
+def chat(ctx: click.Context) -> None:
+    """Chat in the terminal (a line-based chat until the full-screen UI lands).
+
+    Type a message and press Enter; an empty line or Ctrl-D ends. Example: rlhi chat
+    """
+    config = _config(ctx)
+    try:
+        ensure_daemon(config)
+    except RlhiError as exc:
+        raise click.ClickException(str(exc)) from exc
+    interactive = sys.stdin.isatty()
+    messages: list[dict[str, str]] = []
+    conversation_id: str | None = None
+    with _client(config) as client:
+        if interactive:
+            model = client.health()["model"]["id"]
+            click.echo(f"Chatting with {model}. Everything stays on this machine. Ctrl-D ends.")
+        while True:
+            try:
+                line = input("> " if interactive else "")
+            except EOFError:
+                break
+            if not line.strip():
+                if interactive:
+                    continue
+                break
+            messages.append({"role": "user", "content": line})
+            parts: list[str] = []
+            for chunk in _stream(client, messages, conversation_id, {}):
+                if chunk.conversation_id:
+                    conversation_id = chunk.conversation_id
+                parts.append(chunk.text)
+                click.echo(chunk.text, nl=False)
+            click.echo()
+            messages.append({"role": "assistant", "content": "".join(parts)})
+
+
+@cli.command()
+@click.option("--timeout", type=float, default=30.0, show_default=True)
+@click.pass_context
+def stop(ctx: click.Context, timeout: float) -> None:
+    """Stop the running daemon (SIGTERM; it finishes the current answer).
+
+    Example: rlhi stop
+    """
+    from .daemon import pid_path
+
+    config = _config(ctx)
+    path = pid_path(config)
+    try:
+        pid = int(path.read_text().strip())
+    except (OSError, ValueError):
+        raise click.ClickException(f"not running (no pid file at {path})") from None
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        path.unlink(missing_ok=True)
+        raise click.ClickException(f"not running (stale pid {pid} removed)") from None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            click.echo(f"stopped (pid {pid})")
+            return
+        time.sleep(0.1)
+    raise click.ClickException(f"the daemon (pid {pid}) did not stop within {timeout:.0f}s")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def models(ctx: click.Context, as_json: bool) -> None:
+    """Show the base model the daemon serves (or would serve) and its fingerprint.
+
+    Example: rlhi models --json
+    """
+    from .models import resolve_model
+
+    try:
+        spec = resolve_model(_config(ctx))
+    except RlhiError as exc:
+        raise click.ClickException(str(exc)) from exc
+    row = {"id": spec.id, "path": str(spec.path), "sha256": spec.fingerprint, "embedded": spec.embedded}
+    click.echo(json.dumps(row, indent=2) if as_json else f"{spec.id}  {spec.path}  sha256:{spec.fingerprint[:16]}")

@@ -1,0 +1,243 @@
+"""The loaded base model: llama.cpp, the GGUF's own chat template, streaming and sampling.
+
+One `Engine` owns one `llama_cpp.Llama`. It is not thread-safe: `RequestQueue` calls `generate`
+from a single worker thread, one request at a time. The KV cache keeps the last prompt, so a
+conversation that grows turn by turn re-evaluates only its new tokens; memory stays at one
+context's worth whatever the number of conversations.
+"""
+
+from __future__ import annotations
+
+import codecs
+import logging
+import os
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Sequence
+
+from ..config import ModelConfig
+from ..errors import ContextLengthError, EngineError, ModelCorruptError
+from ..models import ModelSpec, check_gguf
+
+__all__ = ["Engine", "Finish", "Piece", "SamplingParams", "physical_cores"]
+
+log = logging.getLogger(__name__)
+
+# Used only when a GGUF carries no chat template of its own.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content']"
+    " + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def physical_cores() -> int:
+    """Physical cores (not hyper-threads): llama.cpp decodes fastest with one thread per core."""
+    try:
+        pairs = set()
+        physical = core = None
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "physical id":
+                    physical = value.strip()
+                elif key == "core id":
+                    core = value.strip()
+                elif not key and core is not None:
+                    pairs.add((physical, core))
+                    physical = core = None
+        if core is not None:
+            pairs.add((physical, core))
+        if pairs:
+            return min(len(pairs), os.cpu_count() or len(pairs))
+    except OSError:
+        pass
+    return max(1, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_tokens: int
+    temperature: float = 0.7
+    top_p: float = 0.95
+    top_k: int = 40
+    min_p: float = 0.05
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+
+@dataclass
+class Piece:
+    """A chunk of answer text as it streams."""
+
+    text: str
+
+
+@dataclass
+class Finish:
+    """How an answer ended. `finish_reason`: stop | length | cancelled."""
+
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    text: str
+    ttft_ms: float | None = None
+    latency_ms: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Engine:
+    """Owns the llama.cpp model and its context."""
+
+    def __init__(self, spec: ModelSpec, config: ModelConfig) -> None:
+        import llama_cpp
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        check_gguf(spec.path)
+        self.spec = spec
+        self.n_threads = config.n_threads or physical_cores()
+        started = time.perf_counter()
+        try:
+            self._llm = self._load(llama_cpp, spec, config, config.n_ctx)
+            n_ctx_train = int(self._llm._model.n_ctx_train())
+            if 0 < n_ctx_train < config.n_ctx:
+                # The model was trained on a shorter window: longer prompts would degrade.
+                self._llm.close()
+                self._llm = self._load(llama_cpp, spec, config, n_ctx_train)
+            self.n_ctx = int(self._llm.n_ctx())
+        except (ValueError, RuntimeError, OSError) as exc:
+            raise ModelCorruptError(
+                f"llama.cpp cannot load {spec.path}: {exc}. The file may be truncated or of an "
+                f"unsupported architecture: download it again, or choose another model.path."
+            ) from exc
+        self._vocab = self._llm._model.vocab
+        self._is_eog = llama_cpp.llama_vocab_is_eog
+        metadata = self._llm.metadata
+        eos_id = self._llm.token_eos()
+        bos_id = self._llm.token_bos()
+        self._formatter = Jinja2ChatFormatter(
+            template=metadata.get("tokenizer.chat_template") or CHATML_TEMPLATE,
+            eos_token=self._llm._model.token_get_text(eos_id) if eos_id != -1 else "",
+            bos_token=self._llm._model.token_get_text(bos_id) if bos_id != -1 else "",
+        )
+        self.load_seconds = time.perf_counter() - started
+        log.info(
+            "model loaded id=%s n_ctx=%d threads=%d flash_attn=%s in %.2fs",
+            spec.id, self.n_ctx, self.n_threads, config.flash_attn, self.load_seconds,
+        )
+
+    def _load(self, llama_cpp: Any, spec: ModelSpec, config: ModelConfig, n_ctx: int) -> Any:
+        return llama_cpp.Llama(
+            str(spec.path),
+            n_ctx=n_ctx,
+            n_batch=min(config.n_batch, n_ctx),
+            n_threads=self.n_threads,
+            n_threads_batch=self.n_threads,
+            flash_attn=config.flash_attn,
+            verbose=False,
+        )
+
+    def close(self) -> None:
+        self._llm.close()
+
+    # -- prompt ------------------------------------------------------------------------------
+
+    def render(self, messages: Sequence[dict[str, str]]) -> list[int]:
+        """The chat-templated prompt as tokens; fails if it leaves no room for an answer."""
+        try:
+            result = self._formatter(messages=list(messages))
+            tokens = self._llm.tokenize(
+                result.prompt.encode("utf-8"), add_bos=not result.added_special, special=True
+            )
+        except (ValueError, RuntimeError, UnicodeError) as exc:
+            raise EngineError(f"The chat template could not be applied to these messages: {exc}") from exc
+        if len(tokens) >= self.n_ctx:
+            raise ContextLengthError(len(tokens), self.n_ctx)
+        return tokens
+
+    def count_tokens(self, text: str) -> int:
+        return len(self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=False))
+
+    # -- generation --------------------------------------------------------------------------
+
+    def generate(
+        self,
+        prompt: list[int],
+        params: SamplingParams,
+        cancel: threading.Event | None = None,
+    ) -> Iterator[Piece | Finish]:
+        """Stream `Piece`s of the answer, then one `Finish`. Call from one thread at a time.
+
+        Stops at an end-of-generation token, a stop string (never emitted), `max_tokens`, a full
+        context, or when `cancel` is set (checked between tokens).
+        """
+        started = time.perf_counter()
+        budget = min(params.max_tokens, self.n_ctx - len(prompt))
+        seed = params.seed if params.seed is not None else random.getrandbits(31)
+        self._llm.set_seed((seed % (2**31 - 1)) or 1)
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        stops = [s for s in params.stop if s]
+        hold = max((len(s) for s in stops), default=1) - 1
+        emitted: list[str] = []
+        pending = ""
+        completion_tokens = 0
+        ttft_ms: float | None = None
+        finish_reason = "length"
+        try:
+            tokens = self._llm.generate(
+                prompt,
+                top_k=params.top_k,
+                top_p=params.top_p,
+                min_p=params.min_p,
+                temp=params.temperature,
+                repeat_penalty=1.0,
+                presence_penalty=params.presence_penalty,
+                frequency_penalty=params.frequency_penalty,
+            )
+            for token in tokens:
+                if cancel is not None and cancel.is_set():
+                    finish_reason = "cancelled"
+                    break
+                if self._is_eog(self._vocab, token):
+                    finish_reason = "stop"
+                    break
+                completion_tokens += 1
+                pending += decoder.decode(self._llm.detokenize([token]))
+                if stops:
+                    cut = min((i for i in (pending.find(s) for s in stops) if i >= 0), default=-1)
+                    if cut >= 0:
+                        pending = pending[:cut]
+                        finish_reason = "stop"
+                        break
+                    ready, pending = (pending[:-hold], pending[-hold:]) if hold else (pending, "")
+                else:
+                    ready, pending = pending, ""
+                if ready:
+                    if ttft_ms is None:
+                        ttft_ms = (time.perf_counter() - started) * 1000
+                    emitted.append(ready)
+                    yield Piece(ready)
+                if completion_tokens >= budget:
+                    finish_reason = "length"
+                    break
+        except (RuntimeError, ValueError) as exc:
+            raise EngineError(f"llama.cpp failed while generating: {exc}") from exc
+        pending += decoder.decode(b"", final=True)
+        if pending and finish_reason != "cancelled":
+            if ttft_ms is None:
+                ttft_ms = (time.perf_counter() - started) * 1000
+            emitted.append(pending)
+            yield Piece(pending)
+        yield Finish(
+            finish_reason=finish_reason,
+            prompt_tokens=len(prompt),
+            completion_tokens=completion_tokens,
+            text="".join(emitted),
+            ttft_ms=ttft_ms,
+            latency_ms=(time.perf_counter() - started) * 1000,
+        )

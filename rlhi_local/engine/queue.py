@@ -1,0 +1,147 @@
+"""One model, many callers: a bounded FIFO that runs one generation at a time.
+
+Requests wait on an asyncio lock (FIFO in CPython) and are served whole, never interleaved. The
+generation itself runs on one dedicated worker thread so the event loop keeps accepting
+connections; pieces cross back to the loop with `call_soon_threadsafe`. Over `max_waiting`
+waiting requests, `reserve` raises `BusyError` (the API answers 503).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Callable
+
+from ..errors import BusyError, EngineError
+from .model import Engine, Finish, Piece, SamplingParams
+
+__all__ = ["Job", "RequestQueue"]
+
+log = logging.getLogger(__name__)
+
+_END = object()
+
+
+@dataclass
+class Job:
+    """One admitted request. `cancel()` stops it at the next token (or before it starts)."""
+
+    prompt: list[int]
+    params: SamplingParams
+    cancel_event: threading.Event = field(default_factory=threading.Event)
+    finish: Finish | None = None
+    error: BaseException | None = None
+    text_parts: list[str] = field(default_factory=list)
+    """The text generated so far (kept for an answer that fails half-way)."""
+    _pieces: asyncio.Queue[object] = field(default_factory=asyncio.Queue)
+    _done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def cancel(self) -> None:
+        self.cancel_event.set()
+
+    async def pieces(self) -> AsyncIterator[str]:
+        """The answer's text as it is generated; raises the job's error, if any, at the end."""
+        while True:
+            item = await self._pieces.get()
+            if item is _END:
+                break
+            assert isinstance(item, str)
+            yield item
+        if self.error is not None:
+            raise self.error
+
+    async def wait(self) -> Finish:
+        await self._done.wait()
+        if self.error is not None:
+            raise self.error
+        assert self.finish is not None
+        return self.finish
+
+
+class RequestQueue:
+    """Serialises access to the `Engine`."""
+
+    def __init__(self, engine: Engine, max_waiting: int) -> None:
+        self.engine = engine
+        self.max_waiting = max_waiting
+        self._lock = asyncio.Lock()
+        self._waiting = 0
+        self._running = False
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlhi-engine")
+
+    @property
+    def waiting(self) -> int:
+        return self._waiting
+
+    @property
+    def busy(self) -> bool:
+        return self._running
+
+    def reserve(self) -> None:
+        """Admit one more request or raise `BusyError`; pair with `submit`."""
+        if self._waiting >= self.max_waiting:
+            raise BusyError(
+                f"The model is busy: {self._waiting} requests are waiting (server.max_queue="
+                f"{self.max_waiting}). Retry shortly, or raise server.max_queue."
+            )
+        self._waiting += 1
+
+    def unreserve(self) -> None:
+        """Give back a reservation that will not be submitted."""
+        self._waiting -= 1
+
+    def submit(
+        self,
+        prompt: list[int],
+        params: SamplingParams,
+        on_finish: Callable[[Job], None] | None = None,
+    ) -> Job:
+        """Start a reserved job; `on_finish` runs on the loop once it ended, whatever happened."""
+        job = Job(prompt=prompt, params=params)
+        asyncio.get_running_loop().create_task(self._run(job, on_finish))
+        return job
+
+    async def _run(self, job: Job, on_finish: Callable[[Job], None] | None) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            async with self._lock:
+                self._waiting -= 1
+                self._running = True
+                try:
+                    await loop.run_in_executor(self._executor, self._generate, job, loop)
+                finally:
+                    self._running = False
+        except BaseException as exc:  # boundary: the job's owner sees the error, the loop lives
+            if job.error is None:
+                job.error = exc if isinstance(exc, Exception) else EngineError(repr(exc))
+            log.exception("generation job failed")
+        finally:
+            job._pieces.put_nowait(_END)
+            job._done.set()
+            if on_finish is not None:
+                try:
+                    on_finish(job)
+                except Exception:  # boundary: a failed bookkeeping step must not kill the loop
+                    log.exception("on_finish failed")
+
+    def _generate(self, job: Job, loop: asyncio.AbstractEventLoop) -> None:
+        """Runs on the worker thread."""
+        if job.cancel_event.is_set():
+            job.finish = Finish("cancelled", len(job.prompt), 0, "")
+            return
+        try:
+            for item in self.engine.generate(job.prompt, job.params, job.cancel_event):
+                if isinstance(item, Piece):
+                    job.text_parts.append(item.text)
+                    loop.call_soon_threadsafe(job._pieces.put_nowait, item.text)
+                else:
+                    job.finish = item
+        except Exception as exc:  # boundary: reported through the job
+            job.error = exc
+            log.exception("engine failed")
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,105 @@
+"""Every error rlhi-local raises on purpose, in one hierarchy.
+
+Foreign errors (sqlite3, llama.cpp, OS) are translated where they enter our code, so callers only
+ever catch these. Each message names the value, the limit and the fix.
+
+    RlhiError
+    ├── ConfigError            a setting has an impossible value
+    ├── ModelError             the base model cannot be used
+    │   ├── ModelNotFoundError     the GGUF file (or the embedded wheel) is missing
+    │   └── ModelCorruptError      the file is not a loadable GGUF
+    ├── EngineError            llama.cpp failed while generating
+    │   └── ContextLengthError     the prompt does not fit in the context window
+    ├── BusyError              the request queue is full; try again later
+    ├── StoreError             the SQLite store cannot be read or written
+    │   └── NotFoundError          a conversation or message id is unknown (for this user)
+    ├── DaemonError            the daemon cannot start or be reached
+    │   └── DaemonRunningError     another daemon already serves the socket
+    └── APIError               the daemon answered a client with an error
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "APIError",
+    "BusyError",
+    "ConfigError",
+    "ContextLengthError",
+    "DaemonError",
+    "DaemonRunningError",
+    "EngineError",
+    "ModelCorruptError",
+    "ModelError",
+    "ModelNotFoundError",
+    "NotFoundError",
+    "RlhiError",
+    "StoreError",
+]
+
+
+class RlhiError(Exception):
+    """Base of every error rlhi-local raises on purpose."""
+
+
+class ConfigError(RlhiError):
+    """A configuration value is invalid; the message names the key and the value."""
+
+
+class ModelError(RlhiError):
+    """The base model cannot be used."""
+
+
+class ModelNotFoundError(ModelError):
+    """The model file, or the package that embeds the default model, is missing."""
+
+
+class ModelCorruptError(ModelError):
+    """The model file exists but is not a GGUF that llama.cpp can load."""
+
+
+class EngineError(RlhiError):
+    """llama.cpp failed while tokenizing or generating."""
+
+
+class ContextLengthError(EngineError):
+    """The prompt is longer than the context window allows."""
+
+    def __init__(self, prompt_tokens: int, n_ctx: int) -> None:
+        self.prompt_tokens = prompt_tokens
+        self.n_ctx = n_ctx
+        super().__init__(
+            f"The prompt has {prompt_tokens} tokens but the context window holds {n_ctx} "
+            f"(and at least one token must be left for the answer). Shorten the conversation "
+            f"or start a new one, or raise model.n_ctx if the model supports more."
+        )
+
+
+class BusyError(RlhiError):
+    """The request queue is full."""
+
+
+class StoreError(RlhiError):
+    """The SQLite store failed; the message names the database file."""
+
+
+class NotFoundError(StoreError):
+    """No such conversation or message for this user."""
+
+
+class DaemonError(RlhiError):
+    """The daemon cannot start, or cannot be reached."""
+
+
+class DaemonRunningError(DaemonError):
+    """Another daemon already listens on the socket."""
+
+
+class APIError(RlhiError):
+    """An error response from the daemon, as seen by a client."""
+
+    def __init__(self, status_code: int, message: str, type: str = "", code: str | None = None) -> None:
+        self.status_code = status_code
+        self.message = message
+        self.type = type
+        self.code = code
+        super().__init__(f"{status_code}: {message}")

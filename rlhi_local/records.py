@@ -1,0 +1,74 @@
+"""Row dataclasses: what the store returns, and what every other layer passes around.
+
+They mirror DESIGN.md §3 word for word (`origin`, `parent_id`, ...). They import nothing of ours,
+so any layer may use them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+__all__ = ["Conversation", "Message", "NewMessage", "Origin", "Role", "Status", "User"]
+
+Role = Literal["system", "user", "assistant"]
+Origin = Literal["user", "model", "user_edit", "regenerate", "imported"]
+"""How a message came to be. `imported`: an assistant turn a client sent that no model here wrote
+and that is not an edit of a stored answer (for example history carried over from elsewhere)."""
+Status = Literal["streaming", "complete", "incomplete"]
+"""`streaming` while an answer is generated; `incomplete` when it was stopped (client gone,
+daemon killed) before it finished."""
+
+
+@dataclass(frozen=True)
+class User:
+    id: str
+    created_at: str
+
+
+@dataclass(frozen=True)
+class Message:
+    id: str
+    conversation_id: str
+    parent_id: str | None
+    role: Role
+    content: str
+    origin: Origin
+    status: Status
+    created_at: str
+    model: str | None = None
+    model_fingerprint: str | None = None
+    adapter_version: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    ttft_ms: float | None = None
+    latency_ms: float | None = None
+    finish_reason: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Conversation:
+    id: str
+    user_id: str
+    title: str
+    created_at: str
+    updated_at: str
+    message_count: int = 0
+    messages: tuple[Message, ...] = field(default=())
+
+    def to_dict(self, with_messages: bool = False) -> dict[str, Any]:
+        out = {k: v for k, v in asdict(self).items() if k != "messages"}
+        if with_messages:
+            out["messages"] = [m.to_dict() for m in self.messages]
+        return out
+
+
+@dataclass(frozen=True)
+class NewMessage:
+    """A turn as a client sent it, before the store has placed it in a conversation tree."""
+
+    role: Role
+    content: str

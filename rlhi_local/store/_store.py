@@ -1,0 +1,366 @@
+"""The SQLite store: the only code that writes SQL. Opening it migrates.
+
+Invariants: a user's turn is committed before the model sees it; an answer row exists (status
+`streaming`) from the moment generation starts, so a crash leaves it `incomplete`, never missing;
+a resent history stores only what is new, and a divergent one becomes a branch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import secrets
+import sqlite3
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from sqlite_utils import Database
+
+from ..errors import NotFoundError, StoreError
+from ..records import Conversation, Message, NewMessage, Origin, Status, User
+from .migrations import migrations
+
+__all__ = ["PlacedTurn", "Store", "new_id", "path_hash"]
+
+log = logging.getLogger(__name__)
+
+_MESSAGE_COLUMNS = (
+    "id, conversation_id, parent_id, role, content, origin, status, created_at, model, "
+    "model_fingerprint, adapter_version, prompt_tokens, completion_tokens, ttft_ms, latency_ms, "
+    "finish_reason"
+)
+
+
+def new_id(prefix: str) -> str:
+    """A time-ordered, unguessable id such as `msg_18a3f0c2b1d4e5f6a7b8c9d0`."""
+    return f"{prefix}_{time.time_ns() // 1000:014x}{secrets.token_hex(5)}"
+
+
+def path_hash(parent_hash: str, role: str, content: str) -> str:
+    """Hash of a turn and everything before it: equal hashes mean equal histories."""
+    h = hashlib.sha256()
+    for part in (parent_hash, role, content):
+        h.update(part.encode("utf-8", "surrogatepass"))
+        h.update(b"\x1f")
+    return h.hexdigest()
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+@dataclass(frozen=True)
+class PlacedTurn:
+    """Where a request's turns went: the ids a response reports back to its client."""
+
+    conversation_id: str
+    new_message_ids: tuple[str, ...]
+    """Ids of the turns of this request that were not stored before (usually the user's last)."""
+    parent_id: str | None
+    """The stored message the answer follows (the request's last turn)."""
+    answer_id: str | None
+    """The answer's row, `streaming` until `finish_answer`; None when nothing is stored."""
+    answer_origin: Origin
+
+
+class Store:
+    """Owns the SQLite connection. Safe to call from several threads (one lock)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._lock = threading.RLock()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fresh = not self.path.exists()
+            old_umask = os.umask(0o077)
+            try:
+                conn = sqlite3.connect(str(self.path), check_same_thread=False, timeout=30)
+                self.db = Database(conn, execute_plugins=False)
+                # WAL must be switched on outside any transaction.
+                self.db.enable_wal()
+                self.db.execute("PRAGMA foreign_keys = ON")
+                self.db.execute("PRAGMA synchronous = NORMAL")
+                migrations.apply(self.db)
+            finally:
+                os.umask(old_umask)
+            self._secure_files()
+            recovered = self._recover_streaming()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(
+                f"The database {self.path} cannot be opened: {exc}. If it is damaged, move it "
+                f"aside (the daemon then starts a new one) and restore it from a backup."
+            ) from exc
+        log.info("store open path=%s fresh=%s recovered_incomplete=%d", self.path, fresh, recovered)
+
+    def close(self) -> None:
+        with self._lock:
+            self.db.conn.close()
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _secure_files(self) -> None:
+        for suffix in ("", "-wal", "-shm"):
+            p = Path(str(self.path) + suffix)
+            if p.exists():
+                os.chmod(p, 0o600)
+
+    @contextmanager
+    def _atomic(self) -> Iterator[Database]:
+        with self._lock:
+            try:
+                with self.db.atomic():
+                    yield self.db
+            except sqlite3.Error as exc:
+                raise StoreError(f"Writing to {self.path} failed: {exc}.") from exc
+
+    def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        with self._lock:
+            try:
+                cursor = self.db.execute(sql, params)
+                names = [d[0] for d in cursor.description]
+                return [dict(zip(names, row)) for row in cursor.fetchall()]
+            except sqlite3.Error as exc:
+                raise StoreError(f"Reading {self.path} failed: {exc}.") from exc
+
+    def _recover_streaming(self) -> int:
+        """Answers left `streaming` by a crash become `incomplete`: kept, and marked so."""
+        with self._atomic() as db:
+            cursor = db.execute(
+                "UPDATE messages SET status = 'incomplete', finish_reason = 'interrupted' "
+                "WHERE status = 'streaming'"
+            )
+            return cursor.rowcount
+
+    # -- users and conversations ------------------------------------------------------------
+
+    def _ensure_user_in_transaction(self, db: Database, user_id: str) -> None:
+        db.execute(
+            "INSERT OR IGNORE INTO users (id, created_at) VALUES (?, ?)", [user_id, _now()]
+        )
+
+    def get_user(self, user_id: str) -> User | None:
+        rows = self._rows("SELECT id, created_at FROM users WHERE id = ?", [user_id])
+        return User(**rows[0]) if rows else None
+
+    def list_conversations(self, user_id: str, limit: int = 100, offset: int = 0) -> list[Conversation]:
+        rows = self._rows(
+            "SELECT c.id, c.user_id, c.title, c.created_at, c.updated_at, "
+            "(SELECT count(*) FROM messages m WHERE m.conversation_id = c.id) AS message_count "
+            "FROM conversations c WHERE c.user_id = ? ORDER BY c.updated_at DESC, c.id DESC "
+            "LIMIT ? OFFSET ?",
+            [user_id, limit, offset],
+        )
+        return [Conversation(**r) for r in rows]
+
+    def get_conversation(self, user_id: str, conversation_id: str) -> Conversation:
+        rows = self._rows(
+            "SELECT id, user_id, title, created_at, updated_at FROM conversations "
+            "WHERE id = ? AND user_id = ?",
+            [conversation_id, user_id],
+        )
+        if not rows:
+            raise NotFoundError(f"No conversation {conversation_id!r} for user {user_id!r}.")
+        messages = tuple(
+            Message(**r)
+            for r in self._rows(
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ? "
+                "ORDER BY created_at, rowid",
+                [conversation_id],
+            )
+        )
+        return Conversation(**rows[0], message_count=len(messages), messages=messages)
+
+    def delete_conversation(self, user_id: str, conversation_id: str) -> None:
+        with self._atomic() as db:
+            cursor = db.execute(
+                "DELETE FROM conversations WHERE id = ? AND user_id = ?", [conversation_id, user_id]
+            )
+            if cursor.rowcount == 0:
+                raise NotFoundError(f"No conversation {conversation_id!r} for user {user_id!r}.")
+
+    def get_message(self, message_id: str) -> Message:
+        rows = self._rows(f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = ?", [message_id])
+        if not rows:
+            raise NotFoundError(f"No message {message_id!r}.")
+        return Message(**rows[0])
+
+    # -- turns -------------------------------------------------------------------------------
+
+    def place_turns(
+        self,
+        user_id: str,
+        history: Sequence[NewMessage],
+        conversation_id: str | None = None,
+        model: str | None = None,
+        model_fingerprint: str | None = None,
+    ) -> PlacedTurn:
+        """Store what is new in `history` and open the answer row, in one transaction.
+
+        The history is matched against stored turns by chained hashes: inside the named
+        conversation, or (unnamed) in the user's most recent conversation that holds the same
+        history including at least one answer, so an OpenAI client that resends its messages
+        continues one conversation. A turn that differs from the stored one starts a branch.
+        """
+        if not history:
+            raise ValueError("history must hold at least one message")
+        hashes: list[str] = []
+        parent = ""
+        for m in history:
+            parent = path_hash(parent, m.role, m.content)
+            hashes.append(parent)
+        with self._atomic() as db:
+            self._ensure_user_in_transaction(db, user_id)
+            now = _now()
+            if conversation_id is not None:
+                owner = db.execute(
+                    "SELECT user_id FROM conversations WHERE id = ?", [conversation_id]
+                ).fetchone()
+                if owner is None:
+                    self._create_conversation_in_transaction(db, conversation_id, user_id, history, now)
+                elif owner[0] != user_id:
+                    raise NotFoundError(f"No conversation {conversation_id!r} for user {user_id!r}.")
+            depth, parent_id, found_conversation = self._match_in_transaction(
+                db, user_id, hashes, history, conversation_id
+            )
+            if conversation_id is None:
+                conversation_id = found_conversation or new_id("conv")
+                if found_conversation is None:
+                    self._create_conversation_in_transaction(db, conversation_id, user_id, history, now)
+            new_ids: list[str] = []
+            for i in range(depth, len(history)):
+                m = history[i]
+                origin: Origin = "user"
+                if m.role == "assistant":
+                    origin = "user_edit" if self._has_answer(db, parent_id, conversation_id) else "imported"
+                msg_id = new_id("msg")
+                db.execute(
+                    "INSERT INTO messages (id, conversation_id, parent_id, role, content, origin, "
+                    "status, path_hash, created_at) VALUES (?, ?, ?, ?, ?, ?, 'complete', ?, ?)",
+                    [msg_id, conversation_id, parent_id, m.role, m.content, origin, hashes[i], now],
+                )
+                new_ids.append(msg_id)
+                parent_id = msg_id
+            answer_origin: Origin = (
+                "regenerate" if self._has_answer(db, parent_id, conversation_id) else "model"
+            )
+            answer_id = new_id("msg")
+            db.execute(
+                "INSERT INTO messages (id, conversation_id, parent_id, role, content, origin, status, "
+                "path_hash, model, model_fingerprint, created_at) "
+                "VALUES (?, ?, ?, 'assistant', '', ?, 'streaming', '', ?, ?, ?)",
+                [answer_id, conversation_id, parent_id, answer_origin, model, model_fingerprint, now],
+            )
+            db.execute("UPDATE conversations SET updated_at = ? WHERE id = ?", [now, conversation_id])
+        return PlacedTurn(conversation_id, tuple(new_ids), parent_id, answer_id, answer_origin)
+
+    def _create_conversation_in_transaction(
+        self, db: Database, conversation_id: str, user_id: str, history: Sequence[NewMessage], now: str
+    ) -> None:
+        first_user = next((m.content for m in history if m.role == "user"), "")
+        title = " ".join(first_user.split())[:80]
+        db.execute(
+            "INSERT INTO conversations (id, user_id, title, created_at, updated_at) "
+            "VALUES (?, ?, ?, ?, ?)",
+            [conversation_id, user_id, title, now, now],
+        )
+
+    def _match_in_transaction(
+        self,
+        db: Database,
+        user_id: str,
+        hashes: list[str],
+        history: Sequence[NewMessage],
+        conversation_id: str | None,
+    ) -> tuple[int, str | None, str | None]:
+        """The longest stored prefix of the history: (its length, its last id, its conversation)."""
+        placeholders = ",".join("?" * len(hashes))
+        if conversation_id is not None:
+            rows = db.execute(
+                f"SELECT path_hash, id, conversation_id FROM messages "
+                f"WHERE conversation_id = ? AND path_hash IN ({placeholders}) ORDER BY rowid DESC",
+                [conversation_id, *hashes],
+            ).fetchall()
+        else:
+            rows = db.execute(
+                f"SELECT m.path_hash, m.id, m.conversation_id FROM messages m "
+                f"JOIN conversations c ON c.id = m.conversation_id "
+                f"WHERE c.user_id = ? AND m.path_hash IN ({placeholders}) "
+                f"ORDER BY c.updated_at DESC, m.rowid DESC",
+                [user_id, *hashes],
+            ).fetchall()
+        first_seen: dict[str, tuple[str, str]] = {}
+        for h, msg_id, conv in rows:
+            first_seen.setdefault(h, (msg_id, conv))
+        for depth in range(len(hashes), 0, -1):
+            hit = first_seen.get(hashes[depth - 1])
+            if hit is None:
+                continue
+            # An unnamed request continues a stored conversation only when the shared history
+            # includes an answer; a bare "hi" is a new conversation, not the last one that began so.
+            if conversation_id is None and not any(m.role == "assistant" for m in history[:depth]):
+                return 0, None, None
+            return depth, hit[0], hit[1]
+        return 0, None, None
+
+    @staticmethod
+    def _has_answer(db: Database, parent_id: str | None, conversation_id: str) -> bool:
+        if parent_id is None:
+            return False
+        return (
+            db.execute(
+                "SELECT 1 FROM messages WHERE parent_id = ? AND role = 'assistant' LIMIT 1",
+                [parent_id],
+            ).fetchone()
+            is not None
+        )
+
+    def finish_answer(
+        self,
+        answer_id: str,
+        content: str,
+        status: Status,
+        finish_reason: str | None,
+        prompt_tokens: int | None = None,
+        completion_tokens: int | None = None,
+        ttft_ms: float | None = None,
+        latency_ms: float | None = None,
+    ) -> None:
+        """Write the generated text into the answer row opened by `place_turns`."""
+        with self._atomic() as db:
+            row = db.execute(
+                "SELECT parent_id FROM messages WHERE id = ?", [answer_id]
+            ).fetchone()
+            if row is None:
+                # The conversation was deleted while its answer streamed: nothing to keep.
+                log.info("answer %s finished after its conversation was deleted", answer_id)
+                return
+            parent_hash = ""
+            if row[0] is not None:
+                parent_row = db.execute(
+                    "SELECT path_hash FROM messages WHERE id = ?", [row[0]]
+                ).fetchone()
+                parent_hash = parent_row[0] if parent_row else ""
+            db.execute(
+                "UPDATE messages SET content = ?, status = ?, finish_reason = ?, prompt_tokens = ?, "
+                "completion_tokens = ?, ttft_ms = ?, latency_ms = ?, path_hash = ? WHERE id = ?",
+                [
+                    content,
+                    status,
+                    finish_reason,
+                    prompt_tokens,
+                    completion_tokens,
+                    ttft_ms,
+                    latency_ms,
+                    path_hash(parent_hash, "assistant", content),
+                    answer_id,
+                ],
+            )
+
+    def integrity_check(self) -> str:
+        return str(self._rows("PRAGMA integrity_check")[0]["integrity_check"])

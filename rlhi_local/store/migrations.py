@@ -1,0 +1,72 @@
+"""Numbered schema migrations. Names are keys: never edit or rename a shipped migration.
+
+Each runs in one transaction together with its record (sqlite-utils `Migrations`), so a crash
+mid-migration leaves the previous schema intact.
+"""
+
+from __future__ import annotations
+
+from sqlite_utils import Database
+from sqlite_utils.migrations import Migrations
+
+__all__ = ["migrations"]
+
+migrations = Migrations("rlhi")
+
+
+@migrations()
+def m001_initial(db: Database) -> None:
+    # IF NOT EXISTS tolerates a development database that was half-built by hand.
+    db.execute(
+        """
+        CREATE TABLE IF NOT EXISTS users (
+            id TEXT PRIMARY KEY,
+            created_at TEXT NOT NULL
+        )
+        """
+    )
+    db.execute(
+        """
+        CREATE TABLE IF NOT EXISTS conversations (
+            id TEXT PRIMARY KEY,
+            user_id TEXT NOT NULL REFERENCES users(id),
+            title TEXT NOT NULL DEFAULT '',
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL
+        )
+        """
+    )
+    db.execute(
+        "CREATE INDEX IF NOT EXISTS conversations_user ON conversations(user_id, updated_at)"
+    )
+    # path_hash chains sha256(parent's path_hash, role, content) from the root, so a resent
+    # history is matched against stored turns with one indexed lookup per prefix.
+    db.execute(
+        """
+        CREATE TABLE IF NOT EXISTS messages (
+            id TEXT PRIMARY KEY,
+            conversation_id TEXT NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
+            parent_id TEXT REFERENCES messages(id) ON DELETE CASCADE,
+            role TEXT NOT NULL CHECK (role IN ('system', 'user', 'assistant')),
+            content TEXT NOT NULL,
+            origin TEXT NOT NULL
+                CHECK (origin IN ('user', 'model', 'user_edit', 'regenerate', 'imported')),
+            status TEXT NOT NULL CHECK (status IN ('streaming', 'complete', 'incomplete')),
+            path_hash TEXT NOT NULL,
+            model TEXT,
+            model_fingerprint TEXT,
+            adapter_version TEXT,
+            prompt_tokens INTEGER,
+            completion_tokens INTEGER,
+            ttft_ms REAL,
+            latency_ms REAL,
+            finish_reason TEXT,
+            created_at TEXT NOT NULL
+        )
+        """
+    )
+    db.execute("CREATE INDEX IF NOT EXISTS messages_path ON messages(path_hash)")
+    db.execute(
+        "CREATE INDEX IF NOT EXISTS messages_conversation ON messages(conversation_id, created_at)"
+    )
+    db.execute("CREATE INDEX IF NOT EXISTS messages_parent ON messages(parent_id)")

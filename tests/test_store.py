@@ -1,0 +1,184 @@
+"""The SQLite store: schema, WAL, permissions, and how resent histories become trees."""
+
+from __future__ import annotations
+
+import sqlite3
+import stat
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from rlhi_local.errors import NotFoundError, StoreError
+from rlhi_local.records import NewMessage
+from rlhi_local.store import Store
+
+U, A, S = "user", "assistant", "system"
+
+
+def msgs(*pairs: tuple[str, str]) -> list[NewMessage]:
+    return [NewMessage(role=r, content=c) for r, c in pairs]  # type: ignore[arg-type]
+
+
+def answer(store: Store, placed, text: str) -> None:  # type: ignore[no-untyped-def]
+    store.finish_answer(placed.answer_id, text, "complete", "stop", 5, 3, 1.0, 2.0)
+
+
+@pytest.fixture()
+def store(tmp_path: Path) -> Store:
+    return Store(tmp_path / "data" / "rlhi.db")
+
+
+def test_blank_database_gets_exact_schema(store: Store) -> None:
+    cols = {
+        t: [r[1] for r in store.db.execute(f"PRAGMA table_info({t})").fetchall()]
+        for t in ("users", "conversations", "messages")
+    }
+    assert cols["users"] == ["id", "created_at"]
+    assert cols["conversations"] == ["id", "user_id", "title", "created_at", "updated_at"]
+    assert cols["messages"] == [
+        "id", "conversation_id", "parent_id", "role", "content", "origin", "status", "path_hash",
+        "model", "model_fingerprint", "adapter_version", "prompt_tokens", "completion_tokens",
+        "ttft_ms", "latency_ms", "finish_reason", "created_at",
+    ]
+    applied = [r[0] for r in store.db.execute("SELECT name FROM _sqlite_migrations").fetchall()]
+    assert applied == ["m001_initial"]
+
+
+def test_wal_mode_foreign_keys_and_private_files(store: Store) -> None:
+    assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert store.db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+    store.place_turns("local", msgs((U, "hello")))
+    wal = Path(str(store.path) + "-wal")
+    assert wal.exists()
+    for p in (store.path, wal):
+        assert stat.S_IMODE(p.stat().st_mode) == 0o600, p
+    assert stat.S_IMODE(store.path.parent.stat().st_mode) == 0o700
+
+
+def test_reopen_is_idempotent_and_half_built_dev_db_is_tolerated(tmp_path: Path) -> None:
+    path = tmp_path / "rlhi.db"
+    conn = sqlite3.connect(path)  # a dev DB where someone created one table by hand
+    conn.execute("CREATE TABLE users (id TEXT PRIMARY KEY, created_at TEXT NOT NULL)")
+    conn.commit()
+    conn.close()
+    Store(path).close()
+    store = Store(path)
+    assert store.integrity_check() == "ok"
+
+
+def test_corrupt_database_gives_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "rlhi.db"
+    path.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(StoreError, match=str(path)):
+        Store(path)
+
+
+def test_resent_history_stores_only_what_is_new(store: Store) -> None:
+    first = store.place_turns("local", msgs((U, "What is 2+2?")))
+    answer(store, first, "4")
+    second = store.place_turns("local", msgs((U, "What is 2+2?"), (A, "4"), (U, "And 3+3?")))
+    assert second.conversation_id == first.conversation_id
+    assert len(second.new_message_ids) == 1
+    conv = store.get_conversation("local", first.conversation_id)
+    assert [m.content for m in conv.messages] == ["What is 2+2?", "4", "And 3+3?", ""]
+    assert conv.messages[2].parent_id == first.answer_id
+    assert conv.messages[3].status == "streaming"
+
+
+def test_divergent_user_turn_becomes_a_branch(store: Store) -> None:
+    first = store.place_turns("local", msgs((U, "Name a fruit")))
+    answer(store, first, "Apple")
+    second = store.place_turns("local", msgs((U, "Name a fruit"), (A, "Apple"), (U, "Another")))
+    answer(store, second, "Pear")
+    # The user edits their second question: a sibling of "Another", under the same answer.
+    third = store.place_turns("local", msgs((U, "Name a fruit"), (A, "Apple"), (U, "A red one")))
+    assert third.conversation_id == first.conversation_id
+    conv = store.get_conversation("local", first.conversation_id)
+    by_content = {m.content: m for m in conv.messages}
+    assert by_content["A red one"].parent_id == by_content["Another"].parent_id == first.answer_id
+
+
+def test_edited_answer_is_user_edit_and_repeat_is_regenerate(store: Store) -> None:
+    first = store.place_turns("local", msgs((U, "Say hi")))
+    answer(store, first, "Hello there, how can I help you today?")
+    edited = store.place_turns(
+        "local", msgs((U, "Say hi"), (A, "Hi."), (U, "Thanks")), conversation_id=first.conversation_id
+    )
+    conv = store.get_conversation("local", first.conversation_id)
+    edit = next(m for m in conv.messages if m.content == "Hi.")
+    assert edit.origin == "user_edit"
+    assert edit.parent_id == first.parent_id
+    assert edited.answer_origin == "model"
+    again = store.place_turns("local", msgs((U, "Say hi")), conversation_id=first.conversation_id)
+    assert again.answer_origin == "regenerate"
+    assert again.parent_id == first.parent_id
+    assert again.new_message_ids == ()
+
+
+def test_unnamed_bare_greeting_starts_a_new_conversation(store: Store) -> None:
+    a = store.place_turns("local", msgs((U, "hi")))
+    b = store.place_turns("local", msgs((U, "hi")))
+    assert a.conversation_id != b.conversation_id
+
+
+def test_history_from_elsewhere_is_imported(store: Store) -> None:
+    placed = store.place_turns("local", msgs((S, "Be brief."), (U, "Q"), (A, "from another app"), (U, "Q2")))
+    conv = store.get_conversation("local", placed.conversation_id)
+    assert [m.origin for m in conv.messages] == ["user", "user", "imported", "user", "model"]
+
+
+def test_conversations_are_per_user(store: Store) -> None:
+    placed = store.place_turns("alice", msgs((U, "secret")), conversation_id="c1")
+    with pytest.raises(NotFoundError):
+        store.get_conversation("bob", "c1")
+    with pytest.raises(NotFoundError):
+        store.place_turns("bob", msgs((U, "x")), conversation_id="c1")
+    with pytest.raises(NotFoundError):
+        store.delete_conversation("bob", "c1")
+    assert [c.id for c in store.list_conversations("alice")] == [placed.conversation_id]
+    assert store.list_conversations("bob") == []
+
+
+def test_delete_cascades_and_late_finish_is_harmless(store: Store) -> None:
+    placed = store.place_turns("local", msgs((U, "hello")))
+    store.delete_conversation("local", placed.conversation_id)
+    assert store.db.execute("SELECT count(*) FROM messages").fetchone()[0] == 0
+    answer(store, placed, "too late")  # the answer finishes after its conversation was deleted
+    assert store.db.execute("SELECT count(*) FROM messages").fetchone()[0] == 0
+
+
+def test_crash_leaves_streaming_answer_incomplete_on_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "rlhi.db"
+    store = Store(path)
+    placed = store.place_turns("local", msgs((U, "hello")))
+    store.close()  # as if killed mid-answer: the row is still 'streaming'
+    reopened = Store(path)
+    row = reopened.get_message(placed.answer_id or "")
+    assert (row.status, row.finish_reason) == ("incomplete", "interrupted")
+
+
+texts = st.text(st.characters(blacklist_categories=("Cs",)), max_size=200)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(turns=st.lists(texts, min_size=1, max_size=4), reply=texts)
+def test_any_text_round_trips_and_resending_adds_nothing(store: Store, turns: list[str], reply: str) -> None:
+    history: list[NewMessage] = []
+    conversation_id = None
+    for text in turns:
+        history.append(NewMessage("user", text))
+        placed = store.place_turns("h", history, conversation_id=conversation_id)
+        conversation_id = placed.conversation_id
+        answer(store, placed, reply)
+        history.append(NewMessage("assistant", reply))
+    conv = store.get_conversation("h", conversation_id or "")
+    stored = [(m.role, m.content) for m in conv.messages]
+    assert stored == [(m.role, m.content) for m in history]
+    # Resending the full history plus one turn adds exactly that turn (and the answer row).
+    before = conv.message_count
+    placed = store.place_turns("h", [*history, NewMessage("user", "next")], conversation_id=conversation_id)
+    assert len(placed.new_message_ids) == 1
+    assert store.get_conversation("h", conversation_id or "").message_count == before + 2
+    store.delete_conversation("h", conversation_id or "")

@@ -1,0 +1,1 @@
+"""LoRA + DPO trainers (torch, MLX) and GGUF adapter export (issues 5 and 7)."""
