@@ -14,6 +14,7 @@ import fcntl
 import logging
 import os
 import secrets
+import signal
 import socket
 import stat
 import threading
@@ -191,11 +192,19 @@ class Daemon:
         await server.serve(sockets=self._sockets)
 
     def run(self) -> None:
-        """Serve until stopped, then release everything."""
+        """Serve until stopped (SIGTERM, SIGINT or `request_stop`), then release everything."""
+        previous: dict[int, object] = {}
+        if threading.current_thread() is threading.main_thread():
+            # uvicorn handles these signals while serving and re-raises them when it returns;
+            # a no-op handler then lets us remove the socket and pid file before exiting 0.
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                previous[sig] = signal.signal(sig, lambda *_: None)
         try:
             asyncio.run(self.serve())
         finally:
             self.close()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)  # type: ignore[arg-type]
 
     def request_stop(self) -> None:
         if self._server is not None:
