@@ -270,6 +270,29 @@ def stop(ctx: click.Context, timeout: float) -> None:
 
 
 @cli.command()
+@click.argument("what", type=click.Choice(["socket", "data", "config", "log"]), required=False)
+@click.pass_context
+def path(ctx: click.Context, what: str | None) -> None:
+    """Print where rlhi keeps its files (all of them, or one).
+
+    Example: curl --unix-socket "$(rlhi path socket)" http://localhost/health
+    """
+    from .config import config_path
+
+    paths = {
+        "socket": socket_path(_config(ctx)),
+        "data": data_dir(),
+        "config": config_path(),
+        "log": _daemon_log(),
+    }
+    if what:
+        click.echo(str(paths[what]))
+        return
+    for name, value in paths.items():
+        click.echo(f"{name:<7} {value}")
+
+
+@cli.command()
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def models(ctx: click.Context, as_json: bool) -> None:

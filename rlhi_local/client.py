@@ -25,7 +25,7 @@ import httpx
 
 from .errors import APIError, DaemonError
 
-__all__ = ["AsyncClient", "ChatChunk", "ChatResult", "Client"]
+__all__ = ["AsyncClient", "ChatChunk", "ChatResult", "Client", "default_socket"]
 
 BASE_URL = "http://rlhi"
 Messages = Sequence[Mapping[str, Any]]
@@ -55,7 +55,8 @@ class ChatChunk:
     usage: dict[str, int] | None = None
 
 
-def _default_socket() -> Path:
+def default_socket() -> Path:
+    """The socket the daemon of this user listens on (honours RLHI_HOME and the config file)."""
     from .config import load_config, socket_path
 
     return socket_path(load_config())
@@ -142,7 +143,7 @@ class Client:
     """Synchronous client over the Unix socket."""
 
     def __init__(self, socket: str | Path | None = None, timeout: float = 600.0) -> None:
-        self.socket = Path(socket) if socket is not None else _default_socket()
+        self.socket = Path(socket) if socket is not None else default_socket()
         self._http = httpx.Client(
             transport=httpx.HTTPTransport(uds=str(self.socket)), base_url=BASE_URL, timeout=timeout
         )
@@ -217,7 +218,7 @@ class AsyncClient:
     """Asynchronous client over the Unix socket (the TUI uses this one)."""
 
     def __init__(self, socket: str | Path | None = None, timeout: float = 600.0) -> None:
-        self.socket = Path(socket) if socket is not None else _default_socket()
+        self.socket = Path(socket) if socket is not None else default_socket()
         self._http = httpx.AsyncClient(
             transport=httpx.AsyncHTTPTransport(uds=str(self.socket)), base_url=BASE_URL, timeout=timeout
         )

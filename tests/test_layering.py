@@ -1,0 +1,110 @@
+"""Data flows one way (UI/API → store → signals → trainer → adapter → engine): imports prove it.
+
+Each module of `rlhi_local` may import only the modules listed for it; heavy native libraries are
+imported inside the functions that use them, so `rlhi --help` and the client stay light.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+from pathlib import Path
+
+import pytest
+
+PKG = Path(__file__).resolve().parent.parent / "rlhi_local"
+BASE = {"errors", "config", "records"}
+ALLOWED: dict[str, set[str]] = {
+    "errors": set(),
+    "records": set(),
+    "config": {"errors"},
+    "models": {"config", "errors"},
+    "store": BASE,
+    "engine": BASE | {"models"},
+    "api": BASE | {"models", "engine", "store", "__init__"},
+    "client": {"config", "errors"},
+    "daemon": BASE | {"api", "engine", "models", "store"},
+    "cli": BASE | {"client", "daemon", "models", "__init__"},
+    "__main__": {"cli"},
+    "__init__": set(),
+}
+HEAVY = {"llama_cpp", "torch", "peft", "mlx", "transformers", "uvicorn"}
+
+
+def top_of(path: Path) -> str:
+    rel = path.relative_to(PKG)
+    return rel.parts[0].removesuffix(".py")
+
+
+def our_imports(path: Path) -> tuple[set[str], set[str]]:
+    """(our top-level modules imported anywhere in the file, heavy libraries at module level)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    depth = len(path.relative_to(PKG).parts) - 1  # how many dirs below rlhi_local
+    ours: set[str] = set()
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.ImportFrom):
+            continue
+        if node.level:
+            if node.level - 1 < depth:
+                continue  # a sibling inside the same sub-package
+            if node.module:
+                ours.add(node.module.split(".")[0])
+            else:  # `from . import x`: x is a module of ours, or a name from __init__
+                ours.update(a.name if (PKG / f"{a.name}.py").exists() or (PKG / a.name).is_dir()
+                            else "__init__" for a in node.names)
+        elif (node.module or "").startswith("rlhi_local"):
+            parts = (node.module or "").split(".")
+            ours.add(parts[1] if len(parts) > 1 else "__init__")
+    heavy: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            heavy.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            heavy.add((node.module or "").split(".")[0])
+    return ours, heavy & HEAVY
+
+
+MODULES = sorted(p for p in PKG.rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", MODULES, ids=[str(p.relative_to(PKG)) for p in MODULES])
+def test_imports_follow_the_layers(path: Path) -> None:
+    top = top_of(path)
+    assert top in ALLOWED, f"{top} is a new module: give it a place in ALLOWED"
+    ours, heavy = our_imports(path)
+    ours.discard(top)
+    assert ours <= ALLOWED[top], f"{path.relative_to(PKG)} imports {sorted(ours - ALLOWED[top])}"
+    assert not heavy, f"{path.relative_to(PKG)} imports {sorted(heavy)} at module level"
+
+
+EXPORTS = {
+    "rlhi_local.client": ["AsyncClient", "ChatChunk", "ChatResult", "Client", "default_socket"],
+    "rlhi_local.errors": [
+        "APIError", "BusyError", "ConfigError", "ContextLengthError", "DaemonError",
+        "DaemonRunningError", "EngineError", "ModelCorruptError", "ModelError",
+        "ModelNotFoundError", "NotFoundError", "RlhiError", "StoreError",
+    ],
+    "rlhi_local.config": [
+        "Config", "GenerationConfig", "ModelConfig", "ServerConfig", "config_path", "data_dir",
+        "load_config", "runtime_dir", "socket_path",
+    ],
+    "rlhi_local.store": ["PlacedTurn", "Store", "new_id", "path_hash"],
+    "rlhi_local.engine": ["Engine", "Finish", "Job", "Piece", "RequestQueue", "SamplingParams", "physical_cores"],
+    "rlhi_local.api": ["AppState", "create_app"],
+    "rlhi_local.records": ["Conversation", "Message", "NewMessage", "Origin", "Role", "Status", "User"],
+}
+
+
+@pytest.mark.parametrize("module", sorted(EXPORTS))
+def test_public_surface_is_pinned(module: str) -> None:
+    mod = importlib.import_module(module)
+    assert sorted(mod.__all__) == sorted(EXPORTS[module])
+    for name in mod.__all__:
+        assert hasattr(mod, name), f"{module}.{name}"
+
+
+def test_errors_share_one_root() -> None:
+    from rlhi_local import errors
+
+    for name in errors.__all__:
+        assert issubclass(getattr(errors, name), errors.RlhiError)
