@@ -9,7 +9,6 @@ import json
 import logging
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -47,45 +46,12 @@ def _daemon_log() -> Path:
     return data_dir() / "logs" / "daemon.log"
 
 
-def ensure_daemon(config: Config, wait_s: float = 120.0) -> None:
-    """Start the daemon in the background unless one answers; wait until it is ready."""
-    from .client import Client
+def ensure_daemon(config: Config) -> None:
+    """Start the daemon in the background (with this config's model) unless one answers."""
+    from .client import ensure_daemon as _ensure
 
-    sock = socket_path(config)
-    with Client(sock) as client:
-        try:
-            client.health()
-            return
-        except DaemonError:
-            pass
-        log_path = _daemon_log()
-        log_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        out_path = log_path.with_name("daemon.out")
-        flags: list[str] = []
-        if config.model.path:
-            flags += ["--model", config.model.path]
-        if config.server.socket:
-            flags += ["--socket", config.server.socket]
-        with open(out_path, "ab") as out:
-            os.chmod(out_path, 0o600)
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "rlhi_local", "serve", *flags],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + wait_s
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                tail = out_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-5:]
-                raise DaemonError(
-                    "The daemon could not start:\n  " + "\n  ".join(tail) + f"\n(full log: {out_path})"
-                )
-            try:
-                client.health()
-                return
-            except DaemonError:
-                time.sleep(0.1)
-        raise DaemonError(f"The daemon did not become ready within {wait_s:.0f}s; see {out_path}.")
+    extra = ["--model", config.model.path] if config.model.path else []
+    _ensure(socket_path(config), extra_args=extra)
 
 
 @click.group(cls=DefaultGroup, default="chat", default_if_no_args=True)

@@ -17,6 +17,10 @@ when it answers with an error.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, AsyncIterator, Iterator, Mapping, Sequence
@@ -25,7 +29,7 @@ import httpx
 
 from .errors import APIError, DaemonError
 
-__all__ = ["AsyncClient", "ChatChunk", "ChatResult", "Client", "default_socket"]
+__all__ = ["AsyncClient", "ChatChunk", "ChatResult", "Client", "default_socket", "ensure_daemon"]
 
 BASE_URL = "http://rlhi"
 Messages = Sequence[Mapping[str, Any]]
@@ -213,6 +217,21 @@ class Client:
         params = {"user": user} if user else {}
         self._request("DELETE", f"/v1/conversations/{conversation_id}", params=params)
 
+    def rename_conversation(self, conversation_id: str, title: str, user: str | None = None) -> dict[str, Any]:
+        params = {"user": user} if user else {}
+        return dict(self._request("PATCH", f"/v1/conversations/{conversation_id}",
+                                  json={"title": title}, params=params))
+
+    def edit_message(self, message_id: str, content: str, user: str | None = None) -> dict[str, Any]:
+        """Store your rewrite of an answer (a `user_edit` sibling); returns the new message."""
+        return dict(self._request("POST", f"/v1/messages/{message_id}/edit",
+                                  json={"content": content, "user": user}))
+
+    def feedback(self, message_id: str, kind: str, user: str | None = None) -> dict[str, Any]:
+        """`thumbs_up`, `thumbs_down`, or `choice` (the preferred of several answers)."""
+        return dict(self._request("POST", "/v1/feedback",
+                                  json={"message_id": message_id, "kind": kind, "user": user}))
+
 
 class AsyncClient:
     """Asynchronous client over the Unix socket (the TUI uses this one)."""
@@ -285,3 +304,61 @@ class AsyncClient:
     async def delete_conversation(self, conversation_id: str, user: str | None = None) -> None:
         params = {"user": user} if user else {}
         await self._request("DELETE", f"/v1/conversations/{conversation_id}", params=params)
+
+    async def rename_conversation(self, conversation_id: str, title: str, user: str | None = None) -> dict[str, Any]:
+        params = {"user": user} if user else {}
+        return dict(await self._request("PATCH", f"/v1/conversations/{conversation_id}",
+                                        json={"title": title}, params=params))
+
+    async def edit_message(self, message_id: str, content: str, user: str | None = None) -> dict[str, Any]:
+        return dict(await self._request("POST", f"/v1/messages/{message_id}/edit",
+                                        json={"content": content, "user": user}))
+
+    async def feedback(self, message_id: str, kind: str, user: str | None = None) -> dict[str, Any]:
+        return dict(await self._request("POST", "/v1/feedback",
+                                        json={"message_id": message_id, "kind": kind, "user": user}))
+
+
+def ensure_daemon(socket: str | Path | None = None, wait_s: float = 120.0,
+                  extra_args: Sequence[str] = ()) -> None:
+    """Start `rlhi serve` in the background unless a daemon answers; block until it is ready.
+
+    Its output goes to `daemon.out` in the data dir's `logs/`. Raises `DaemonError` with the
+    tail of that output if the daemon exits instead of becoming ready.
+    """
+    from .config import data_dir
+
+    path = Path(socket) if socket is not None else default_socket()
+    with Client(path) as client:
+        try:
+            client.health()
+            return
+        except DaemonError:
+            pass
+        logs = data_dir() / "logs"
+        logs.mkdir(parents=True, exist_ok=True, mode=0o700)
+        out_path = logs / "daemon.out"
+        args = [*extra_args]
+        if socket is not None:
+            args += ["--socket", str(path)]
+        fd = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        with os.fdopen(fd, "ab") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "rlhi_local", *args, "serve"],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                text = out_path.read_text(encoding="utf-8", errors="replace")
+                tail = text.strip().splitlines()[-5:]
+                raise DaemonError(
+                    "The daemon could not start:\n  " + "\n  ".join(tail) + f"\n(full log: {out_path})"
+                )
+            try:
+                client.health()
+                return
+            except DaemonError:
+                time.sleep(0.1)
+    raise DaemonError(f"The daemon did not become ready within {wait_s:.0f}s; see {out_path}.")

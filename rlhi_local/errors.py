@@ -5,6 +5,7 @@ ever catch these. Each message names the value, the limit and the fix.
 
     RlhiError
     ├── ConfigError            a setting has an impossible value
+    ├── InvalidRequestError    a request is well-formed but cannot apply (e.g. a choice of one)
     ├── ModelError             the base model cannot be used
     │   ├── ModelNotFoundError     the GGUF file (or the embedded wheel) is missing
     │   └── ModelCorruptError      the file is not a loadable GGUF
@@ -28,6 +29,7 @@ __all__ = [
     "DaemonError",
     "DaemonRunningError",
     "EngineError",
+    "InvalidRequestError",
     "ModelCorruptError",
     "ModelError",
     "ModelNotFoundError",
@@ -43,6 +45,10 @@ class RlhiError(Exception):
 
 class ConfigError(RlhiError):
     """A configuration value is invalid; the message names the key and the value."""
+
+
+class InvalidRequestError(RlhiError):
+    """A well-formed request that cannot apply to the stored state."""
 
 
 class ModelError(RlhiError):

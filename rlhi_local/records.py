@@ -9,7 +9,18 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-__all__ = ["Conversation", "Message", "NewMessage", "Origin", "Role", "Status", "User"]
+__all__ = [
+    "Conversation",
+    "Feedback",
+    "FeedbackKind",
+    "Message",
+    "NewMessage",
+    "Origin",
+    "Role",
+    "Status",
+    "User",
+    "UserFeedbackKind",
+]
 
 Role = Literal["system", "user", "assistant"]
 Origin = Literal["user", "model", "user_edit", "regenerate", "imported"]
@@ -18,6 +29,11 @@ and that is not an edit of a stored answer (for example history carried over fro
 Status = Literal["streaming", "complete", "incomplete"]
 """`streaming` while an answer is generated; `incomplete` when it was stopped (client gone,
 daemon killed) before it finished."""
+
+
+UserFeedbackKind = Literal["thumbs_up", "thumbs_down", "choice"]
+FeedbackKind = str
+"""A user action (`thumbs_up`, `thumbs_down`, `choice`) or a detector label (DESIGN §4 taxonomy)."""
 
 
 @dataclass(frozen=True)
@@ -44,9 +60,28 @@ class Message:
     ttft_ms: float | None = None
     latency_ms: float | None = None
     finish_reason: str | None = None
+    feedback: tuple[str, ...] = ()
+    """Kinds of the user's own feedback on this message (thumbs, choice)."""
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        out["feedback"] = list(self.feedback)
+        return out
+
+
+@dataclass(frozen=True)
+class Feedback:
+    id: str
+    user_id: str
+    message_id: str
+    followup_id: str | None
+    kind: FeedbackKind
+    source: Literal["user", "detector"]
+    actionable: bool
+    instruction: str
+    confidence: float
+    detector_version: str | None
+    created_at: str
 
 
 @dataclass(frozen=True)

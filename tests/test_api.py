@@ -225,3 +225,38 @@ def test_curl_over_the_unix_socket(daemon: RunningDaemon) -> None:
         capture_output=True, text=True, timeout=60, check=True,
     ).stdout
     assert json.loads(out)["choices"][0]["message"]["content"]
+
+
+def test_feedback_edit_and_rename_endpoints(client: Client, daemon: RunningDaemon) -> None:
+    from rlhi_local.errors import APIError
+
+    conv = "test-actions"
+    q = [{"role": "user", "content": "Suggest a dog name."}]
+    a = client.chat(q, conversation_id=conv, max_tokens=6)
+    with pytest.raises(APIError) as info:
+        client.feedback(a.message_id or "", "choice")  # one answer: nothing to choose between
+    assert info.value.status_code == 400 and "two or more" in info.value.message
+    b = client.chat(q, conversation_id=conv, max_tokens=6)
+    client.feedback(a.message_id or "", "thumbs_down")
+    client.feedback(b.message_id or "", "choice")
+    edit = client.edit_message(a.message_id or "", "Biscuit.")
+    assert edit["origin"] == "user_edit" and edit["parent_id"] == a.raw["rlhi"]["parent_id"]
+    assert client.rename_conversation(conv, "Dog names")["title"] == "Dog names"
+    msgs = {m["id"]: m for m in client.conversation(conv)["messages"]}
+    assert msgs[a.message_id]["feedback"] == ["thumbs_down"]
+    assert msgs[b.message_id]["feedback"] == ["choice"]
+    rows = db_rows(daemon, "SELECT kind, source FROM feedback WHERE message_id IN (?, ?) ORDER BY rowid",
+                   (a.message_id, b.message_id))
+    assert rows == [("thumbs_down", "user"), ("choice", "user")]
+    for bad in (lambda: client.feedback("msg_nope", "thumbs_up"),
+                lambda: client.edit_message("msg_nope", "x"),
+                lambda: client.rename_conversation("nope-conv", "x")):
+        with pytest.raises(APIError) as info:
+            bad()
+        assert info.value.status_code == 404
+    with pytest.raises(APIError) as info:
+        client.feedback(a.message_id or "", "love")
+    assert info.value.status_code == 400
+    with pytest.raises(APIError) as info:
+        client.edit_message(a.raw["rlhi"]["parent_id"], "edit a question")
+    assert info.value.status_code == 400 and "only answers" in info.value.message

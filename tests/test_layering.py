@@ -78,10 +78,12 @@ def test_imports_follow_the_layers(path: Path) -> None:
 
 
 EXPORTS = {
-    "rlhi_local.client": ["AsyncClient", "ChatChunk", "ChatResult", "Client", "default_socket"],
+    "rlhi_local.client": [
+        "AsyncClient", "ChatChunk", "ChatResult", "Client", "default_socket", "ensure_daemon",
+    ],
     "rlhi_local.errors": [
         "APIError", "BusyError", "ConfigError", "ContextLengthError", "DaemonError",
-        "DaemonRunningError", "EngineError", "ModelCorruptError", "ModelError",
+        "DaemonRunningError", "EngineError", "InvalidRequestError", "ModelCorruptError", "ModelError",
         "ModelNotFoundError", "NotFoundError", "RlhiError", "StoreError",
     ],
     "rlhi_local.config": [
@@ -91,7 +93,10 @@ EXPORTS = {
     "rlhi_local.store": ["PlacedTurn", "Store", "new_id", "path_hash"],
     "rlhi_local.engine": ["Engine", "Finish", "Job", "Piece", "RequestQueue", "SamplingParams", "physical_cores"],
     "rlhi_local.api": ["AppState", "create_app"],
-    "rlhi_local.records": ["Conversation", "Message", "NewMessage", "Origin", "Role", "Status", "User"],
+    "rlhi_local.records": [
+        "Conversation", "Feedback", "FeedbackKind", "Message", "NewMessage", "Origin", "Role",
+        "Status", "User", "UserFeedbackKind",
+    ],
 }
 
 

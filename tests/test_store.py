@@ -33,7 +33,7 @@ def store(tmp_path: Path) -> Store:
 def test_blank_database_gets_exact_schema(store: Store) -> None:
     cols = {
         t: [r[1] for r in store.db.execute(f"PRAGMA table_info({t})").fetchall()]
-        for t in ("users", "conversations", "messages")
+        for t in ("users", "conversations", "messages", "feedback")
     }
     assert cols["users"] == ["id", "created_at"]
     assert cols["conversations"] == ["id", "user_id", "title", "created_at", "updated_at"]
@@ -42,8 +42,31 @@ def test_blank_database_gets_exact_schema(store: Store) -> None:
         "model", "model_fingerprint", "adapter_version", "prompt_tokens", "completion_tokens",
         "ttft_ms", "latency_ms", "finish_reason", "created_at",
     ]
+    assert cols["feedback"] == [
+        "id", "user_id", "message_id", "followup_id", "kind", "source", "actionable", "instruction",
+        "confidence", "detector_version", "created_at",
+    ]
     applied = [r[0] for r in store.db.execute("SELECT name FROM _sqlite_migrations").fetchall()]
-    assert applied == ["m001_initial"]
+    assert applied == ["m001_initial", "m002_feedback"]
+
+
+def test_a_database_at_m001_migrates_and_keeps_its_rows(tmp_path: Path) -> None:
+    from sqlite_utils import Database
+
+    from rlhi_local.store.migrations import migrations
+
+    path = tmp_path / "old.db"
+    db = Database(path)
+    migrations.apply(db, stop_before="m002_feedback")
+    db.execute("INSERT INTO users VALUES ('local', 'then')")
+    db.execute("INSERT INTO conversations VALUES ('c', 'local', 't', 'then', 'then')")
+    db.execute("INSERT INTO messages (id, conversation_id, role, content, origin, status, path_hash, "
+               "created_at) VALUES ('m', 'c', 'user', 'kept', 'user', 'complete', 'h', 'then')")
+    db.conn.commit()
+    db.conn.close()
+    store = Store(path)
+    assert store.get_message("m").content == "kept"
+    assert store.db.execute("SELECT count(*) FROM feedback").fetchone()[0] == 0
 
 
 def test_wal_mode_foreign_keys_and_private_files(store: Store) -> None:
@@ -182,3 +205,64 @@ def test_any_text_round_trips_and_resending_adds_nothing(store: Store, turns: li
     assert len(placed.new_message_ids) == 1
     assert store.get_conversation("h", conversation_id or "").message_count == before + 2
     store.delete_conversation("h", conversation_id or "")
+
+
+def two_answers(store: Store) -> tuple[str, str, str]:
+    a = store.place_turns("local", msgs((U, "Pick a number")), conversation_id="c")
+    answer(store, a, "7")
+    b = store.place_turns("local", msgs((U, "Pick a number")), conversation_id="c")
+    answer(store, b, "42")
+    return a.answer_id or "", b.answer_id or "", a.parent_id or ""
+
+
+def user_feedback(store: Store) -> list[tuple[str, str]]:
+    return [tuple(r) for r in store.db.execute(
+        "SELECT message_id, kind FROM feedback WHERE source = 'user' ORDER BY rowid").fetchall()]
+
+
+def test_thumbs_replace_each_other_and_show_on_messages(store: Store) -> None:
+    first, _, _ = two_answers(store)
+    store.record_feedback("local", first, "thumbs_up")
+    store.record_feedback("local", first, "thumbs_down")
+    assert user_feedback(store) == [(first, "thumbs_down")]
+    conv = store.get_conversation("local", "c")
+    assert next(m for m in conv.messages if m.id == first).feedback == ("thumbs_down",)
+    with pytest.raises(NotFoundError):
+        store.record_feedback("mallory", first, "thumbs_up")
+
+
+def test_choice_needs_siblings_and_the_latest_choice_wins(store: Store) -> None:
+    from rlhi_local.errors import InvalidRequestError
+
+    single = store.place_turns("local", msgs((U, "Only once")))
+    answer(store, single, "ok")
+    with pytest.raises(InvalidRequestError, match="two or more"):
+        store.record_feedback("local", single.answer_id or "", "choice")
+    first, second, _ = two_answers(store)
+    store.record_feedback("local", first, "choice")
+    store.record_feedback("local", second, "choice")
+    assert user_feedback(store) == [(second, "choice")]
+
+
+def test_continuing_from_a_sibling_records_a_choice(store: Store) -> None:
+    first, second, _ = two_answers(store)
+    store.place_turns("local", msgs((U, "Pick a number"), (A, "7"), (U, "Why 7?")), conversation_id="c")
+    assert user_feedback(store) == [(first, "choice")]
+
+
+def test_edit_makes_a_user_edit_sibling_that_a_resend_then_matches(store: Store) -> None:
+    first, _, parent = two_answers(store)
+    edit = store.edit_message("local", first, "Seven, because it is prime.")
+    assert (edit.origin, edit.parent_id, edit.status) == ("user_edit", parent, "complete")
+    assert store.get_message(first).content == "7"  # the original stays
+    placed = store.place_turns(
+        "local", msgs((U, "Pick a number"), (A, "Seven, because it is prime."), (U, "Thanks")),
+        conversation_id="c")
+    assert placed.new_message_ids and store.get_message(placed.new_message_ids[0]).parent_id == edit.id
+
+
+def test_rename_conversation(store: Store) -> None:
+    two_answers(store)
+    assert store.rename_conversation("local", "c", "Numbers").title == "Numbers"
+    with pytest.raises(NotFoundError):
+        store.rename_conversation("other", "c", "x")

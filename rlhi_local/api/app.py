@@ -24,9 +24,14 @@ from .schemas import (
     ConversationList,
     ConversationOut,
     Deleted,
+    EditRequest,
     ErrorBody,
+    FeedbackOut,
+    FeedbackRequest,
     Health,
+    MessageOut,
     ModelList,
+    RenameRequest,
 )
 from .state import AppState
 
@@ -124,6 +129,24 @@ def create_app(state: AppState, token: str | None = None) -> FastAPI:
         """Delete a conversation and all its messages."""
         state.store.delete_conversation(user, conversation_id)
         return {"id": conversation_id, "object": "conversation.deleted", "deleted": True}
+
+    @app.patch("/v1/conversations/{conversation_id}", response_model=ConversationOut, responses=_ERRORS)
+    async def rename_conversation(
+        conversation_id: str, body: RenameRequest, user: str = Query(DEFAULT_USER, pattern=ID_PATTERN)
+    ) -> dict[str, object]:
+        """Give a conversation a new title."""
+        return state.store.rename_conversation(user, conversation_id, body.title).to_dict()
+
+    @app.post("/v1/messages/{message_id}/edit", response_model=MessageOut, responses=_ERRORS)
+    async def edit_message(message_id: str, body: EditRequest) -> dict[str, object]:
+        """Store the user's rewrite of an answer as a `user_edit` sibling (the original stays)."""
+        return state.store.edit_message(body.user or DEFAULT_USER, message_id, body.content).to_dict()
+
+    @app.post("/v1/feedback", response_model=FeedbackOut, responses=_ERRORS)
+    async def create_feedback(body: FeedbackRequest) -> dict[str, object]:
+        """Thumbs up/down on an answer, or `choice`: the preferred of two or more answers."""
+        feedback_id = state.store.record_feedback(body.user or DEFAULT_USER, body.message_id, body.kind)
+        return {"id": feedback_id, "object": "feedback", "message_id": body.message_id, "kind": body.kind}
 
     for route in app.routes:
         if isinstance(route, APIRoute):

@@ -14,6 +14,7 @@ from ..errors import (
     BusyError,
     ContextLengthError,
     EngineError,
+    InvalidRequestError,
     NotFoundError,
     RlhiError,
     StoreError,
@@ -51,6 +52,8 @@ def error_response(
 def rlhi_error_response(exc: RlhiError) -> JSONResponse:
     if isinstance(exc, ContextLengthError):
         return error_response(400, str(exc), "messages", "context_length_exceeded")
+    if isinstance(exc, InvalidRequestError):
+        return error_response(400, str(exc), code="invalid_request")
     if isinstance(exc, NotFoundError):
         return error_response(404, str(exc), code="not_found")
     if isinstance(exc, BusyError):

@@ -18,9 +18,14 @@ __all__ = [
     "ConversationList",
     "ConversationOut",
     "Deleted",
+    "EditRequest",
+    "FeedbackOut",
+    "FeedbackRequest",
     "ErrorBody",
     "Health",
+    "MessageOut",
     "ModelList",
+    "RenameRequest",
 ]
 
 ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
@@ -117,6 +122,36 @@ class ChatCompletionRequest(BaseModel):
         return value
 
 
+class FeedbackRequest(BaseModel):
+    """A judgement of an answer by its user: thumbs, or the preferred one of several answers."""
+
+    message_id: str = Field(pattern=ID_PATTERN)
+    kind: Literal["thumbs_up", "thumbs_down", "choice"]
+    user: str | None = Field(default=None, pattern=ID_PATTERN)
+
+
+class FeedbackOut(BaseModel):
+    id: str
+    object: Literal["feedback"] = "feedback"
+    message_id: str
+    kind: str
+
+
+class EditRequest(BaseModel):
+    """The user's own rewrite of an answer; stored as a `user_edit` sibling of it."""
+
+    content: str = Field(min_length=1, max_length=MAX_TEXT)
+    user: str | None = Field(default=None, pattern=ID_PATTERN)
+
+    _valid = field_validator("content")(_check_text)
+
+
+class RenameRequest(BaseModel):
+    title: str = Field(min_length=1, max_length=200)
+
+    _valid = field_validator("title")(_check_text)
+
+
 class ErrorDetail(BaseModel):
     message: str
     type: str
@@ -181,6 +216,7 @@ class ModelList(BaseModel):
 
 
 class MessageOut(BaseModel):
+    feedback: list[str] = Field(default_factory=list, description="The user's thumbs/choice on it")
     id: str
     conversation_id: str
     parent_id: str | None

@@ -43,13 +43,25 @@ class Job:
         self.cancel_event.set()
 
     async def pieces(self) -> AsyncIterator[str]:
-        """The answer's text as it is generated; raises the job's error, if any, at the end."""
-        while True:
+        """The answer's text as it is generated; raises the job's error, if any, at the end.
+
+        Pieces that queued up while the consumer was busy come out joined, so a slow reader
+        costs fewer writes, not a growing backlog.
+        """
+        ended = False
+        while not ended:
             item = await self._pieces.get()
-            if item is _END:
-                break
-            assert isinstance(item, str)
-            yield item
+            parts: list[str] = []
+            while True:
+                if item is _END:
+                    ended = True
+                    break
+                parts.append(item)  # type: ignore[arg-type]
+                if self._pieces.empty():
+                    break
+                item = self._pieces.get_nowait()
+            if parts:
+                yield "".join(parts)
         if self.error is not None:
             raise self.error
 

@@ -22,8 +22,8 @@ from typing import Any, Iterator, Sequence
 
 from sqlite_utils import Database
 
-from ..errors import NotFoundError, StoreError
-from ..records import Conversation, Message, NewMessage, Origin, Status, User
+from ..errors import InvalidRequestError, NotFoundError, StoreError
+from ..records import Conversation, Message, NewMessage, Origin, Status, User, UserFeedbackKind
 from .migrations import migrations
 
 __all__ = ["PlacedTurn", "Store", "new_id", "path_hash"]
@@ -166,8 +166,15 @@ class Store:
         )
         if not rows:
             raise NotFoundError(f"No conversation {conversation_id!r} for user {user_id!r}.")
+        kinds: dict[str, list[str]] = {}
+        for r in self._rows(
+            "SELECT f.message_id, f.kind FROM feedback f JOIN messages m ON m.id = f.message_id "
+            "WHERE m.conversation_id = ? AND f.source = 'user' AND f.user_id = ? ORDER BY f.rowid",
+            [conversation_id, user_id],
+        ):
+            kinds.setdefault(r["message_id"], []).append(r["kind"])
         messages = tuple(
-            Message(**r)
+            Message(**r, feedback=tuple(kinds.get(r["id"], ())))
             for r in self._rows(
                 f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ? "
                 "ORDER BY created_at, rowid",
@@ -176,6 +183,16 @@ class Store:
         )
         return Conversation(**rows[0], message_count=len(messages), messages=messages)
 
+    def rename_conversation(self, user_id: str, conversation_id: str, title: str) -> Conversation:
+        with self._atomic() as db:
+            cursor = db.execute(
+                "UPDATE conversations SET title = ?, updated_at = ? WHERE id = ? AND user_id = ?",
+                [title, _now(), conversation_id, user_id],
+            )
+            if cursor.rowcount == 0:
+                raise NotFoundError(f"No conversation {conversation_id!r} for user {user_id!r}.")
+        return self.get_conversation(user_id, conversation_id)
+
     def delete_conversation(self, user_id: str, conversation_id: str) -> None:
         with self._atomic() as db:
             cursor = db.execute(
@@ -183,6 +200,98 @@ class Store:
             )
             if cursor.rowcount == 0:
                 raise NotFoundError(f"No conversation {conversation_id!r} for user {user_id!r}.")
+
+    def _owned_message_in_transaction(self, db: Database, user_id: str, message_id: str) -> Message:
+        cursor = db.execute(
+            f"SELECT {', '.join('m.' + c.strip() for c in _MESSAGE_COLUMNS.split(','))} "
+            "FROM messages m JOIN conversations c ON c.id = m.conversation_id "
+            "WHERE m.id = ? AND c.user_id = ?",
+            [message_id, user_id],
+        )
+        row = cursor.fetchone()
+        if row is None:
+            raise NotFoundError(f"No message {message_id!r} for user {user_id!r}.")
+        return Message(**dict(zip([d[0] for d in cursor.description], row)))
+
+    def edit_message(self, user_id: str, message_id: str, content: str) -> Message:
+        """Store the user's rewrite of an answer as its `user_edit` sibling (the original stays)."""
+        with self._atomic() as db:
+            original = self._owned_message_in_transaction(db, user_id, message_id)
+            if original.role != "assistant":
+                raise InvalidRequestError(
+                    f"Message {message_id!r} is a {original.role} turn; only answers are edited this "
+                    f"way. To change a question, resend the conversation with the new text."
+                )
+            parent_hash = ""
+            if original.parent_id is not None:
+                row = db.execute(
+                    "SELECT path_hash FROM messages WHERE id = ?", [original.parent_id]
+                ).fetchone()
+                parent_hash = row[0] if row else ""
+            edit_id = new_id("msg")
+            now = _now()
+            db.execute(
+                "INSERT INTO messages (id, conversation_id, parent_id, role, content, origin, status, "
+                "path_hash, created_at) VALUES (?, ?, ?, 'assistant', ?, 'user_edit', 'complete', ?, ?)",
+                [edit_id, original.conversation_id, original.parent_id, content,
+                 path_hash(parent_hash, "assistant", content), now],
+            )
+            db.execute(
+                "UPDATE conversations SET updated_at = ? WHERE id = ?", [now, original.conversation_id]
+            )
+        return self.get_message(edit_id)
+
+    def record_feedback(self, user_id: str, message_id: str, kind: UserFeedbackKind) -> str:
+        """Record a thumbs or a choice. A new thumbs replaces the user's previous one on that
+        message; a choice replaces any earlier choice among the same prompt's answers."""
+        with self._atomic() as db:
+            message = self._owned_message_in_transaction(db, user_id, message_id)
+            if message.role != "assistant":
+                raise InvalidRequestError(f"Message {message_id!r} is not an answer; only answers are judged.")
+            if kind == "choice":
+                siblings = self._answer_siblings(db, message)
+                if len(siblings) < 2:
+                    raise InvalidRequestError(
+                        f"Message {message_id!r} is the only answer to its prompt; a choice needs two "
+                        f"or more (regenerate first)."
+                    )
+                return self._choose_in_transaction(db, user_id, message_id, siblings)
+            db.execute(
+                "DELETE FROM feedback WHERE user_id = ? AND message_id = ? AND source = 'user' "
+                "AND kind IN ('thumbs_up', 'thumbs_down')",
+                [user_id, message_id],
+            )
+            return self._insert_feedback(db, user_id, message_id, kind)
+
+    @staticmethod
+    def _answer_siblings(db: Database, message: Message) -> list[str]:
+        if message.parent_id is None:
+            return [message.id]
+        return [
+            r[0]
+            for r in db.execute(
+                "SELECT id FROM messages WHERE parent_id = ? AND role = 'assistant'", [message.parent_id]
+            ).fetchall()
+        ]
+
+    def _choose_in_transaction(self, db: Database, user_id: str, message_id: str, siblings: list[str]) -> str:
+        placeholders = ",".join("?" * len(siblings))
+        db.execute(
+            f"DELETE FROM feedback WHERE user_id = ? AND kind = 'choice' AND source = 'user' "
+            f"AND message_id IN ({placeholders})",
+            [user_id, *siblings],
+        )
+        return self._insert_feedback(db, user_id, message_id, "choice")
+
+    @staticmethod
+    def _insert_feedback(db: Database, user_id: str, message_id: str, kind: str) -> str:
+        feedback_id = new_id("fb")
+        db.execute(
+            "INSERT INTO feedback (id, user_id, message_id, kind, source, created_at) "
+            "VALUES (?, ?, ?, ?, 'user', ?)",
+            [feedback_id, user_id, message_id, kind, _now()],
+        )
+        return feedback_id
 
     def get_message(self, message_id: str) -> Message:
         rows = self._rows(f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = ?", [message_id])
@@ -233,6 +342,13 @@ class Store:
                 if found_conversation is None:
                     self._create_conversation_in_transaction(db, conversation_id, user_id, history, now)
             new_ids: list[str] = []
+            if parent_id is not None and depth < len(history) and history[depth].role == "user":
+                # Continuing from one of several answers to a prompt is choosing it.
+                parent = self.get_message(parent_id)
+                if parent.role == "assistant":
+                    siblings = self._answer_siblings(db, parent)
+                    if len(siblings) >= 2:
+                        self._choose_in_transaction(db, user_id, parent_id, siblings)
             for i in range(depth, len(history)):
                 m = history[i]
                 origin: Origin = "user"

@@ -70,3 +70,28 @@ def m001_initial(db: Database) -> None:
         "CREATE INDEX IF NOT EXISTS messages_conversation ON messages(conversation_id, created_at)"
     )
     db.execute("CREATE INDEX IF NOT EXISTS messages_parent ON messages(parent_id)")
+
+
+@migrations()
+def m002_feedback(db: Database) -> None:
+    # One table for every judgement of a message: the user's own (thumbs, choice) and, later,
+    # the follow-up detector's labels (kind, instruction, confidence, detector_version).
+    db.execute(
+        """
+        CREATE TABLE IF NOT EXISTS feedback (
+            id TEXT PRIMARY KEY,
+            user_id TEXT NOT NULL REFERENCES users(id),
+            message_id TEXT NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+            followup_id TEXT REFERENCES messages(id) ON DELETE CASCADE,
+            kind TEXT NOT NULL,
+            source TEXT NOT NULL CHECK (source IN ('user', 'detector')),
+            actionable INTEGER NOT NULL DEFAULT 0,
+            instruction TEXT NOT NULL DEFAULT '',
+            confidence REAL NOT NULL DEFAULT 1.0,
+            detector_version TEXT,
+            created_at TEXT NOT NULL
+        )
+        """
+    )
+    db.execute("CREATE INDEX IF NOT EXISTS feedback_message ON feedback(message_id)")
+    db.execute("CREATE INDEX IF NOT EXISTS feedback_user ON feedback(user_id, created_at)")
