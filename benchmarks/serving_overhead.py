@@ -50,7 +50,7 @@ def _stream_stats(chunks: object) -> tuple[float, float, int]:
 
 def run_daemon_once(client: object, tokens: int) -> tuple[float, float, int]:
     def texts():  # noqa: ANN202
-        for chunk in client.stream_chat(PROMPT, max_tokens=tokens, temperature=0, off_record=True):  # type: ignore[attr-defined]
+        for chunk in client.stream_chat(PROMPT, max_tokens=tokens, temperature=0):  # type: ignore[attr-defined]
             yield chunk.text
 
     return _stream_stats(texts())
