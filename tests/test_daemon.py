@@ -194,3 +194,34 @@ def _healthy(path: Path) -> bool:
             return c.health()["status"] == "ok"
     except DaemonError:
         return False
+
+
+def test_shutdown_mid_answer_stops_promptly_and_keeps_the_partial_answer(rlhi_home: Path) -> None:
+    import threading
+
+    from rlhi_local.store import Store
+
+    running = start_thread_daemon(rlhi_home)
+    errors: list[BaseException] = []
+
+    def long_answer() -> None:
+        try:
+            with Client(running.socket) as c:
+                c.chat([{"role": "user", "content": "Write a very long essay about mountains."}],
+                       conversation_id="shutdown", max_tokens=3000, temperature=0)
+        except BaseException as exc:  # noqa: BLE001 - the daemon went away: expected
+            errors.append(exc)
+
+    t = threading.Thread(target=long_answer)
+    t.start()
+    with Client(running.socket) as c:
+        assert wait_for(lambda: c.health()["queue"]["busy"], timeout=30)
+    time.sleep(0.5)
+    started = time.monotonic()
+    stop_thread_daemon(running)
+    assert time.monotonic() - started < 20
+    t.join(30)
+    store = Store(rlhi_home / "data" / "rlhi.db")
+    answer = [m for m in store.get_conversation("local", "shutdown").messages if m.role == "assistant"][0]
+    assert answer.status == "incomplete" and answer.content
+    assert store.integrity_check() == "ok"

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 _END = object()
 
 
-@dataclass
+@dataclass(eq=False)
 class Job:
     """One admitted request. `cancel()` stops it at the next token (or before it starts)."""
 
@@ -82,6 +82,7 @@ class RequestQueue:
         self._lock = asyncio.Lock()
         self._waiting = 0
         self._running = False
+        self._jobs: set[Job] = set()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlhi-engine")
 
     @property
@@ -113,6 +114,7 @@ class RequestQueue:
     ) -> Job:
         """Start a reserved job; `on_finish` runs on the loop once it ended, whatever happened."""
         job = Job(prompt=prompt, params=params)
+        self._jobs.add(job)
         asyncio.get_running_loop().create_task(self._run(job, on_finish))
         return job
 
@@ -131,6 +133,7 @@ class RequestQueue:
                 job.error = exc if isinstance(exc, Exception) else EngineError(repr(exc))
             log.exception("generation job failed")
         finally:
+            self._jobs.discard(job)
             job._pieces.put_nowait(_END)
             job._done.set()
             if on_finish is not None:
@@ -156,4 +159,7 @@ class RequestQueue:
             log.exception("engine failed")
 
     def close(self) -> None:
+        """Stop every job at its next token and wait for the worker: the model may then be freed."""
+        for job in list(self._jobs):
+            job.cancel()
         self._executor.shutdown(wait=True, cancel_futures=True)
