@@ -20,6 +20,7 @@ from click_default_group import DefaultGroup
 from . import __version__
 from .config import Config, data_dir, load_config, socket_path
 from .errors import DaemonError, RlhiError
+from .signals_cli import signals
 
 __all__ = ["cli", "ensure_daemon"]
 
@@ -274,3 +275,5 @@ def models(ctx: click.Context, as_json: bool) -> None:
         raise click.ClickException(str(exc)) from exc
     row = {"id": spec.id, "path": str(spec.path), "sha256": spec.fingerprint, "embedded": spec.embedded}
     click.echo(json.dumps(row, indent=2) if as_json else f"{spec.id}  {spec.path}  sha256:{spec.fingerprint[:16]}")
+
+cli.add_command(signals)

@@ -24,7 +24,9 @@ ALLOWED: dict[str, set[str]] = {
     "api": BASE | {"models", "engine", "store", "__init__"},
     "client": {"config", "errors"},
     "daemon": BASE | {"api", "engine", "models", "store"},
-    "cli": BASE | {"client", "daemon", "models", "__init__"},
+    "cli": BASE | {"client", "daemon", "models", "signals_cli", "__init__"},
+    "feedback": BASE | {"engine"},
+    "signals_cli": {"feedback", "errors", "config"},
     "__main__": {"cli"},
     "__init__": set(),
 }
@@ -113,3 +115,24 @@ def test_errors_share_one_root() -> None:
 
     for name in errors.__all__:
         assert issubclass(getattr(errors, name), errors.RlhiError)
+
+
+TUI = PKG.parent / "tui"
+TUI_MAY_IMPORT = {"rlhi_local.client", "rlhi_local.errors"}
+TUI_MODULES = sorted(TUI.rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", TUI_MODULES, ids=[str(p.relative_to(TUI)) for p in TUI_MODULES])
+def test_tui_talks_to_the_daemon_only_through_the_client(path: Path) -> None:
+    """tui/ may use `rlhi_local.client` and `rlhi_local.errors`, and nothing else of ours."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    imported: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            imported.add(node.module)
+            if node.module == "rlhi_local":  # `from rlhi_local import x` names modules
+                imported.update(f"rlhi_local.{a.name}" for a in node.names)
+    ours = {m for m in imported if m.split(".")[0] in {"rlhi_local", "trainers", "tests"}}
+    assert ours <= TUI_MAY_IMPORT, f"tui/{path.relative_to(TUI)} imports {sorted(ours - TUI_MAY_IMPORT)}"
