@@ -168,31 +168,33 @@ def ask(ctx: click.Context, prompt: str, conversation_id: str | None, max_tokens
 @cli.command()
 @click.pass_context
 def chat(ctx: click.Context) -> None:
-    """Chat in the terminal (a line-based chat until the full-screen UI lands).
+    """Chat in the full-screen terminal UI (F1 lists the keys).
 
-    Type a message and press Enter; an empty line or Ctrl-D ends. Example: rlhi chat
+    With stdin or stdout not a terminal (a pipe, a script), a line-based chat instead: each
+    input line is a message, each answer is printed. Example: rlhi chat
     """
     config = _config(ctx)
+    if sys.stdin.isatty() and sys.stdout.isatty():
+        from tui.app import run_chat
+
+        if config.model.path:  # the UI starts a default daemon itself; this one needs --model
+            try:
+                ensure_daemon(config)
+            except RlhiError as exc:
+                raise click.ClickException(str(exc)) from exc
+        run_chat(socket_path(config))
+        return
     try:
         ensure_daemon(config)
     except RlhiError as exc:
         raise click.ClickException(str(exc)) from exc
-    interactive = sys.stdin.isatty()
     messages: list[dict[str, str]] = []
     conversation_id: str | None = None
     with _client(config) as client:
-        if interactive:
-            model = client.health()["model"]["id"]
-            click.echo(f"Chatting with {model}. Everything stays on this machine. Ctrl-D ends.")
-        while True:
-            try:
-                line = input("> " if interactive else "")
-            except EOFError:
-                break
+        for raw in sys.stdin:
+            line = raw.rstrip("\n")
             if not line.strip():
-                if interactive:
-                    continue
-                break
+                continue
             messages.append({"role": "user", "content": line})
             parts: list[str] = []
             for chunk in _stream(client, messages, conversation_id, {}):

@@ -164,7 +164,7 @@ class Client:
     def _request(self, method: str, url: str, **kwargs: Any) -> Any:
         try:
             response = self._http.request(method, url, **kwargs)
-        except (httpx.ConnectError, httpx.RemoteProtocolError, FileNotFoundError) as exc:
+        except (httpx.TransportError, FileNotFoundError) as exc:
             raise _no_daemon(self.socket, exc) from exc
         if response.status_code >= 400:
             raise _error(response.status_code, response.content)
@@ -202,7 +202,7 @@ class Client:
                         yield chunk
         except (httpx.ConnectError, FileNotFoundError) as exc:
             raise _no_daemon(self.socket, exc) from exc
-        except httpx.RemoteProtocolError as exc:
+        except httpx.TransportError as exc:
             raise DaemonError(f"The daemon on {self.socket} went away mid-answer ({exc}).") from exc
 
     def conversations(self, user: str | None = None) -> list[dict[str, Any]]:
@@ -254,7 +254,7 @@ class AsyncClient:
     async def _request(self, method: str, url: str, **kwargs: Any) -> Any:
         try:
             response = await self._http.request(method, url, **kwargs)
-        except (httpx.ConnectError, httpx.RemoteProtocolError, FileNotFoundError) as exc:
+        except (httpx.TransportError, FileNotFoundError) as exc:
             raise _no_daemon(self.socket, exc) from exc
         if response.status_code >= 400:
             raise _error(response.status_code, response.content)
@@ -290,7 +290,7 @@ class AsyncClient:
                         yield chunk
         except (httpx.ConnectError, FileNotFoundError) as exc:
             raise _no_daemon(self.socket, exc) from exc
-        except httpx.RemoteProtocolError as exc:
+        except httpx.TransportError as exc:
             raise DaemonError(f"The daemon on {self.socket} went away mid-answer ({exc}).") from exc
 
     async def conversations(self, user: str | None = None) -> list[dict[str, Any]]:

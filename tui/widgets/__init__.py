@@ -1,0 +1,11 @@
+"""The chat's widgets, one class per module."""
+
+from __future__ import annotations
+
+from .chat_view import ChatView
+from .conversation_list import ConversationList
+from .message_box import MessageBox
+from .prompt_input import PromptInput
+from .status_line import StatusLine
+
+__all__ = ["ChatView", "ConversationList", "MessageBox", "PromptInput", "StatusLine"]
