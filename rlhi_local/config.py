@@ -20,6 +20,7 @@ from .errors import ConfigError
 __all__ = [
     "Config",
     "GenerationConfig",
+    "LearningConfig",
     "ModelConfig",
     "ServerConfig",
     "config_path",
@@ -73,10 +74,26 @@ class GenerationConfig:
 
 
 @dataclass(frozen=True)
+class LearningConfig:
+    mining: bool = True
+    """Label follow-ups, build pairs and refresh the persona in the background after answers.
+    Off: learning is paused (nothing new is mined; chats are still stored)."""
+    persona_in_prompt: bool = True
+    """Put the active persona card into the system prompt (training uses the same card)."""
+    rewrite_samples: int = 4
+    """Rewrites sampled per guided_rewrite that needs one; the best that passes the filter wins."""
+    rewrite_max_tokens: int = 256
+    """Length cap of a generated rewrite (it runs only while the model is idle)."""
+    mining_delay_s: float = 1.0
+    """Wait this long after an answer before mining, so a burst of turns is mined once."""
+
+
+@dataclass(frozen=True)
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
+    learning: LearningConfig = field(default_factory=LearningConfig)
 
 
 def _home() -> Path | None:
@@ -200,8 +217,11 @@ def _merge(layers: list[Mapping[str, Any]]) -> Config:
 
 
 def _validate(config: Config) -> None:
-    m, s, g = config.model, config.server, config.generation
+    m, s, g, lc = config.model, config.server, config.generation, config.learning
     checks = [
+        (lc.rewrite_samples >= 1, "learning.rewrite_samples", lc.rewrite_samples, "at least 1"),
+        (lc.rewrite_max_tokens >= 8, "learning.rewrite_max_tokens", lc.rewrite_max_tokens, "at least 8"),
+        (lc.mining_delay_s >= 0, "learning.mining_delay_s", lc.mining_delay_s, "0 or more"),
         (m.n_ctx >= 256, "model.n_ctx", m.n_ctx, "at least 256"),
         (m.n_threads >= 0, "model.n_threads", m.n_threads, "0 (auto) or more"),
         (m.n_batch >= 1, "model.n_batch", m.n_batch, "at least 1"),

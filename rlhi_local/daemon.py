@@ -91,6 +91,7 @@ class Daemon:
     def _start(self) -> None:
         from .api import AppState, create_app
         from .engine import Engine, RequestQueue
+        from .mining import Miner
         from .models import resolve_model
         from .store import Store
 
@@ -113,7 +114,10 @@ class Daemon:
             store.close()
             raise
         queue = RequestQueue(engine, self.config.server.max_queue)
-        self._state = AppState(config=self.config, spec=spec, engine=engine, queue=queue, store=store)
+        miner = Miner(store, queue, self.config.learning)
+        self._state = AppState(
+            config=self.config, spec=spec, engine=engine, queue=queue, store=store, miner=miner
+        )
         self._bind_unix()
         if self.config.server.tcp_port:
             self.token = _load_token(self.config)

@@ -15,6 +15,10 @@ __all__ = [
     "FeedbackKind",
     "Message",
     "NewMessage",
+    "Pair",
+    "PairOrigin",
+    "PairStatus",
+    "Persona",
     "Origin",
     "Role",
     "Status",
@@ -107,3 +111,51 @@ class NewMessage:
 
     role: Role
     content: str
+
+
+PairOrigin = Literal["user_edit", "choice", "guided_rewrite", "user_reward", "thumbs"]
+PairStatus = Literal["ready", "pending", "dropped"]
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A preference pair: in the context `prompt`, `chosen` is preferred to `rejected`."""
+
+    id: str
+    user_id: str
+    conversation_id: str
+    prompt: tuple[dict[str, str], ...]
+    persona_version: int | None
+    chosen: str
+    rejected: str
+    chosen_message_id: str | None
+    rejected_message_id: str
+    feedback_id: str | None
+    origin: PairOrigin
+    instruction: str
+    quality: float | None
+    status: PairStatus
+    reason: str
+    created_at: str
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["prompt"] = list(self.prompt)
+        return out
+
+
+@dataclass(frozen=True)
+class Persona:
+    """One version of a user's persona: the card that goes into the system prompt, and the
+    structured facts it was rendered from (JSON, owned by `rlhi_local.persona`)."""
+
+    id: str
+    user_id: str
+    version: int
+    card: str
+    facts: str
+    source: Literal["mined", "user"]
+    created_at: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

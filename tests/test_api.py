@@ -243,7 +243,7 @@ def test_feedback_edit_and_rename_endpoints(client: Client, daemon: RunningDaemo
     assert edit["origin"] == "user_edit" and edit["parent_id"] == a.raw["rlhi"]["parent_id"]
     assert client.rename_conversation(conv, "Dog names")["title"] == "Dog names"
     msgs = {m["id"]: m for m in client.conversation(conv)["messages"]}
-    assert msgs[a.message_id]["feedback"] == ["thumbs_down"]
+    assert msgs[a.message_id]["feedback"] == ["thumbs_down", "edit"]  # it was also edited
     assert msgs[b.message_id]["feedback"] == ["choice"]
     rows = db_rows(daemon, "SELECT kind, source FROM feedback WHERE message_id IN (?, ?) ORDER BY rowid",
                    (a.message_id, b.message_id))

@@ -33,7 +33,7 @@ def store(tmp_path: Path) -> Store:
 def test_blank_database_gets_exact_schema(store: Store) -> None:
     cols = {
         t: [r[1] for r in store.db.execute(f"PRAGMA table_info({t})").fetchall()]
-        for t in ("users", "conversations", "messages", "feedback")
+        for t in ("users", "conversations", "messages", "feedback", "pairs", "personas")
     }
     assert cols["users"] == ["id", "created_at"]
     assert cols["conversations"] == ["id", "user_id", "title", "created_at", "updated_at"]
@@ -47,7 +47,13 @@ def test_blank_database_gets_exact_schema(store: Store) -> None:
         "confidence", "detector_version", "created_at",
     ]
     applied = [r[0] for r in store.db.execute("SELECT name FROM _sqlite_migrations").fetchall()]
-    assert applied == ["m001_initial", "m002_feedback"]
+    assert cols["personas"] == ["id", "user_id", "version", "card", "facts", "source", "created_at"]
+    assert cols["pairs"] == [
+        "id", "user_id", "conversation_id", "prompt", "persona_version", "chosen", "rejected",
+        "chosen_message_id", "rejected_message_id", "feedback_id", "origin", "instruction",
+        "quality", "status", "reason", "created_at",
+    ]
+    assert applied == ["m001_initial", "m002_feedback", "m003_signals"]
 
 
 def test_a_database_at_m001_migrates_and_keeps_its_rows(tmp_path: Path) -> None:

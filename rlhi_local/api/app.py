@@ -6,14 +6,17 @@ and the model only from the engine's worker thread). `/openapi.json` documents e
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
+from typing import Literal
 
 from fastapi import FastAPI, Query, Request
 from fastapi.routing import APIRoute
 from starlette.responses import Response
 
 from .. import __version__
+from ..mining import mine
 from .chat import DEFAULT_USER, chat_completions
 from .errors import install_error_handlers
 from .middleware import BodyLimitMiddleware, TokenAuthMiddleware
@@ -30,7 +33,9 @@ from .schemas import (
     FeedbackRequest,
     Health,
     MessageOut,
+    MiningOut,
     ModelList,
+    PairList,
     RenameRequest,
 )
 from .state import AppState
@@ -103,6 +108,7 @@ def create_app(state: AppState, token: str | None = None) -> FastAPI:
                 "n_threads": state.engine.n_threads,
             },
             "queue": {"waiting": state.queue.waiting, "busy": state.queue.busy, "max": state.queue.max_waiting},
+            "learning": {"mining": state.config.learning.mining, "runs": state.miner.runs},
         }
 
     @app.get("/v1/conversations", response_model=ConversationList, responses=_ERRORS)
@@ -140,13 +146,33 @@ def create_app(state: AppState, token: str | None = None) -> FastAPI:
     @app.post("/v1/messages/{message_id}/edit", response_model=MessageOut, responses=_ERRORS)
     async def edit_message(message_id: str, body: EditRequest) -> dict[str, object]:
         """Store the user's rewrite of an answer as a `user_edit` sibling (the original stays)."""
-        return state.store.edit_message(body.user or DEFAULT_USER, message_id, body.content).to_dict()
+        edit = state.store.edit_message(body.user or DEFAULT_USER, message_id, body.content)
+        state.miner.notify(body.user or DEFAULT_USER)
+        return edit.to_dict()
 
     @app.post("/v1/feedback", response_model=FeedbackOut, responses=_ERRORS)
     async def create_feedback(body: FeedbackRequest) -> dict[str, object]:
         """Thumbs up/down on an answer, or `choice`: the preferred of two or more answers."""
         feedback_id = state.store.record_feedback(body.user or DEFAULT_USER, body.message_id, body.kind)
+        state.miner.notify(body.user or DEFAULT_USER)
         return {"id": feedback_id, "object": "feedback", "message_id": body.message_id, "kind": body.kind}
+
+    @app.post("/v1/signals/mine", response_model=MiningOut, responses=_ERRORS)
+    async def mine_now(user: str = Query(DEFAULT_USER, pattern=ID_PATTERN)) -> dict[str, object]:
+        """Label follow-ups and build pairs for the user now (normally done in the background)."""
+        await state.miner.idle()
+        persona = state.store.active_persona(user)
+        report = await asyncio.to_thread(mine, state.store, user, persona.version if persona else None)
+        return {"labelled": report.labelled, "added": dict(report.added),
+                "dropped": dict(report.dropped), "pending": report.pending}
+
+    @app.get("/v1/pairs", response_model=PairList, responses=_ERRORS)
+    async def list_pairs(
+        user: str = Query(DEFAULT_USER, pattern=ID_PATTERN),
+        status: Literal["ready", "pending", "dropped"] | None = None,
+    ) -> dict[str, object]:
+        """The user's preference pairs with their provenance and filter decisions."""
+        return {"object": "list", "data": [p.to_dict() for p in state.store.pairs(user, status=status)]}
 
     for route in app.routes:
         if isinstance(route, APIRoute):

@@ -38,6 +38,7 @@ class _Turn:
     completion_id: str
     created: int
     placed: PlacedTurn | None
+    user_id: str
 
     def ids(self) -> dict[str, object]:
         p = self.placed
@@ -145,6 +146,7 @@ async def chat_completions(request: Request, body: ChatCompletionRequest) -> Res
         completion_id=f"chatcmpl-{placed.answer_id if placed and placed.answer_id else time.time_ns()}",
         created=int(time.time()),
         placed=placed,
+        user_id=body.user or DEFAULT_USER,
     )
     job = state.queue.submit(prompt, params, on_finish=lambda job: _finish(state, turn, job))
     if body.stream:
@@ -219,6 +221,7 @@ def _finish(state: AppState, turn: _Turn, job: Job) -> None:
         ttft_ms=finish.ttft_ms if finish else None,
         latency_ms=finish.latency_ms if finish else None,
     )
+    state.miner.notify(turn.user_id)
 
 
 async def _sse(state: AppState, turn: _Turn, job: Job, include_usage: bool) -> AsyncIterator[bytes]:

@@ -24,7 +24,9 @@ __all__ = [
     "ErrorBody",
     "Health",
     "MessageOut",
+    "MiningOut",
     "ModelList",
+    "PairList",
     "RenameRequest",
 ]
 
@@ -256,6 +258,37 @@ class Deleted(BaseModel):
     deleted: bool
 
 
+class MiningOut(BaseModel):
+    labelled: int
+    added: dict[str, int]
+    dropped: dict[str, int]
+    pending: int
+
+
+class PairOut(BaseModel):
+    id: str
+    user_id: str
+    conversation_id: str
+    prompt: list[dict[str, str]]
+    persona_version: int | None
+    chosen: str
+    rejected: str
+    chosen_message_id: str | None
+    rejected_message_id: str
+    feedback_id: str | None
+    origin: str
+    instruction: str
+    quality: float | None
+    status: str
+    reason: str
+    created_at: str
+
+
+class PairList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[PairOut]
+
+
 class Health(BaseModel):
     status: Literal["ok"]
     version: str
@@ -263,3 +296,4 @@ class Health(BaseModel):
     uptime_s: float
     model: dict[str, Any]
     queue: dict[str, Any]
+    learning: dict[str, Any]

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from ..config import Config
 from ..engine import Engine, RequestQueue
+from ..mining import Miner
 from ..models import ModelSpec
 from ..store import Store
 
@@ -20,4 +21,5 @@ class AppState:
     engine: Engine
     queue: RequestQueue
     store: Store
+    miner: Miner
     started_at: float = field(default_factory=time.monotonic)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Final, Iterable, Iterator, Literal, Mapping, Sequence
 
 from ._instruction import instruction_for
+from ._quality import instruction_met, is_harmful_instruction, normalise, pair_problem
 from ._rules import KINDS, score
 
 __all__ = [
@@ -31,6 +32,10 @@ __all__ = [
     "FollowupLabel",
     "classify",
     "classify_many",
+    "instruction_met",
+    "is_harmful_instruction",
+    "normalise",
+    "pair_problem",
 ]
 
 log = logging.getLogger(__name__)

@@ -1,5 +1,6 @@
 """The SQLite store (sqlite-utils, WAL): the only package that writes SQL."""
 
+from ._signals import DetectorLabel
 from ._store import PlacedTurn, Store, new_id, path_hash
 
-__all__ = ["PlacedTurn", "Store", "new_id", "path_hash"]
+__all__ = ["DetectorLabel", "PlacedTurn", "Store", "new_id", "path_hash"]

@@ -24,6 +24,7 @@ from sqlite_utils import Database
 
 from ..errors import InvalidRequestError, NotFoundError, StoreError
 from ..records import Conversation, Message, NewMessage, Origin, Status, User, UserFeedbackKind
+from ._signals import SignalsMixin
 from .migrations import migrations
 
 __all__ = ["PlacedTurn", "Store", "new_id", "path_hash"]
@@ -69,7 +70,7 @@ class PlacedTurn:
     answer_origin: Origin
 
 
-class Store:
+class Store(SignalsMixin):
     """Owns the SQLite connection. Safe to call from several threads (one lock)."""
 
     def __init__(self, path: Path) -> None:
@@ -239,6 +240,7 @@ class Store:
             db.execute(
                 "UPDATE conversations SET updated_at = ? WHERE id = ?", [now, original.conversation_id]
             )
+            self._insert_feedback(db, user_id, message_id, "edit", followup_id=edit_id)
         return self.get_message(edit_id)
 
     def record_feedback(self, user_id: str, message_id: str, kind: UserFeedbackKind) -> str:
@@ -284,12 +286,15 @@ class Store:
         return self._insert_feedback(db, user_id, message_id, "choice")
 
     @staticmethod
-    def _insert_feedback(db: Database, user_id: str, message_id: str, kind: str) -> str:
+    def _insert_feedback(
+        db: Database, user_id: str, message_id: str, kind: str, followup_id: str | None = None
+    ) -> str:
+        """A user judgement; kind `edit` links the judged answer to its edit (`followup_id`)."""
         feedback_id = new_id("fb")
         db.execute(
-            "INSERT INTO feedback (id, user_id, message_id, kind, source, created_at) "
-            "VALUES (?, ?, ?, ?, 'user', ?)",
-            [feedback_id, user_id, message_id, kind, _now()],
+            "INSERT INTO feedback (id, user_id, message_id, followup_id, kind, source, created_at) "
+            "VALUES (?, ?, ?, ?, ?, 'user', ?)",
+            [feedback_id, user_id, message_id, followup_id, kind, _now()],
         )
         return feedback_id
 
@@ -352,14 +357,20 @@ class Store:
             for i in range(depth, len(history)):
                 m = history[i]
                 origin: Origin = "user"
+                edited: str | None = None
                 if m.role == "assistant":
-                    origin = "user_edit" if self._has_answer(db, parent_id, conversation_id) else "imported"
+                    edited = self._latest_answer(db, parent_id)
+                    origin = "user_edit" if edited else "imported"
                 msg_id = new_id("msg")
                 db.execute(
                     "INSERT INTO messages (id, conversation_id, parent_id, role, content, origin, "
                     "status, path_hash, created_at) VALUES (?, ?, ?, ?, ?, ?, 'complete', ?, ?)",
                     [msg_id, conversation_id, parent_id, m.role, m.content, origin, hashes[i], now],
                 )
+                if edited is not None:
+                    # A client resent an answer that differs from the stored one: an edit of the
+                    # latest answer at that point (the UI's edit action names it exactly).
+                    self._insert_feedback(db, user_id, edited, "edit", followup_id=msg_id)
                 new_ids.append(msg_id)
                 parent_id = msg_id
             answer_origin: Origin = (
@@ -423,6 +434,17 @@ class Store:
                 return 0, None, None
             return depth, hit[0], hit[1]
         return 0, None, None
+
+    @staticmethod
+    def _latest_answer(db: Database, parent_id: str | None) -> str | None:
+        if parent_id is None:
+            return None
+        row = db.execute(
+            "SELECT id FROM messages WHERE parent_id = ? AND role = 'assistant' "
+            "AND origin != 'user_edit' AND status != 'streaming' ORDER BY rowid DESC LIMIT 1",
+            [parent_id],
+        ).fetchone()
+        return row[0] if row else None
 
     @staticmethod
     def _has_answer(db: Database, parent_id: str | None, conversation_id: str) -> bool:

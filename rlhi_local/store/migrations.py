@@ -95,3 +95,55 @@ def m002_feedback(db: Database) -> None:
     )
     db.execute("CREATE INDEX IF NOT EXISTS feedback_message ON feedback(message_id)")
     db.execute("CREATE INDEX IF NOT EXISTS feedback_user ON feedback(user_id, created_at)")
+
+
+@migrations()
+def m003_signals(db: Database) -> None:
+    # Persona versions: each rebuild or user edit adds a row; the newest is active. `facts` is
+    # JSON (rlhi_local.persona), where facts the user edited or deleted are marked so.
+    db.execute(
+        """
+        CREATE TABLE IF NOT EXISTS personas (
+            id TEXT PRIMARY KEY,
+            user_id TEXT NOT NULL REFERENCES users(id),
+            version INTEGER NOT NULL,
+            card TEXT NOT NULL,
+            facts TEXT NOT NULL,
+            source TEXT NOT NULL CHECK (source IN ('mined', 'user')),
+            created_at TEXT NOT NULL,
+            UNIQUE (user_id, version)
+        )
+        """
+    )
+    # Preference pairs with provenance. `prompt` is the JSON list of messages the answers
+    # reply to; a `pending` guided_rewrite waits for a generated chosen side; a `dropped` pair
+    # keeps the quality filter's reason (learning decisions are rows, not log lines).
+    db.execute(
+        """
+        CREATE TABLE IF NOT EXISTS pairs (
+            id TEXT PRIMARY KEY,
+            user_id TEXT NOT NULL REFERENCES users(id),
+            conversation_id TEXT NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
+            prompt TEXT NOT NULL,
+            persona_version INTEGER,
+            chosen TEXT NOT NULL,
+            rejected TEXT NOT NULL,
+            chosen_message_id TEXT REFERENCES messages(id) ON DELETE CASCADE,
+            rejected_message_id TEXT NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+            feedback_id TEXT REFERENCES feedback(id) ON DELETE CASCADE,
+            origin TEXT NOT NULL
+                CHECK (origin IN ('user_edit', 'choice', 'guided_rewrite', 'user_reward', 'thumbs')),
+            instruction TEXT NOT NULL DEFAULT '',
+            quality REAL,
+            status TEXT NOT NULL CHECK (status IN ('ready', 'pending', 'dropped')),
+            reason TEXT NOT NULL DEFAULT '',
+            created_at TEXT NOT NULL,
+            UNIQUE (origin, rejected_message_id, chosen_message_id, feedback_id)
+        )
+        """
+    )
+    db.execute("CREATE INDEX IF NOT EXISTS pairs_user ON pairs(user_id, status)")
+    db.execute(
+        "CREATE UNIQUE INDEX IF NOT EXISTS feedback_detector_once "
+        "ON feedback(followup_id, detector_version) WHERE source = 'detector'"
+    )

@@ -1,0 +1,258 @@
+"""Turning stored chats into learning signals: labels, preference pairs, the persona.
+
+The orchestrator between the store and the pure signal functions (`feedback`, `persona`): it
+reads the store, calls them, and writes the results back. Everything here is idempotent (a
+re-run adds nothing new) and runs off the chat's hot path: the daemon calls `mine` in a worker
+thread after answers, and `rewrite_pending` only while the model is idle.
+
+Pairs, strongest first (DESIGN §4): `user_edit`, `choice`, `guided_rewrite`, `thumbs`. Each
+candidate goes through `feedback.pair_problem`; a rejected one is stored as `dropped` with its
+reason, so every learning decision can be listed and explained.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+from .feedback import DETECTOR_VERSION, classify, normalise, pair_problem
+from .config import LearningConfig
+from .engine import RequestQueue, SamplingParams
+from .errors import RlhiError
+from .records import Message, PairOrigin
+from .store import Store
+
+__all__ = ["Miner", "MiningReport", "mine", "rewrite_pending", "rewrite_prompt"]
+
+log = logging.getLogger(__name__)
+
+NEGATIVE = frozenset({"complaint", "correction", "retry", "rewrite_request", "clarification"})
+"""Follow-up kinds that say the answer before them was not accepted."""
+
+
+@dataclass
+class MiningReport:
+    labelled: int = 0
+    added: Counter[str] = field(default_factory=Counter)
+    dropped: Counter[str] = field(default_factory=Counter)
+    pending: int = 0
+    persona_version: int | None = None
+
+
+def _as_prompt(messages: Sequence[Message]) -> list[dict[str, str]]:
+    return [{"role": m.role, "content": m.content} for m in messages]
+
+
+def label_backlog(store: Store, user_id: str, report: MiningReport) -> None:
+    """Label every user turn that follows an answer and has no label from this detector."""
+    for followup in store.unlabelled_followups(user_id, DETECTOR_VERSION):
+        path = store.branch(followup.id)
+        previous = path[-2]
+        label = classify(previous.content, followup.content, _as_prompt(path[:-2][-6:]))
+        store.add_detector_label(user_id, previous.id, followup.id, label.kind, label.actionable,
+                                 label.instruction, label.confidence, DETECTOR_VERSION)
+        report.labelled += 1
+
+
+class _PairWriter:
+    """Filters and stores candidate pairs, skipping near-duplicates of ones already kept."""
+
+    def __init__(self, store: Store, user_id: str, persona_version: int | None, report: MiningReport):
+        self.store, self.user_id, self.persona_version, self.report = store, user_id, persona_version, report
+        self.seen = {
+            (json.dumps(p.prompt[-1:]), normalise(p.chosen), normalise(p.rejected))
+            for p in store.pairs(user_id, status="ready")
+        }
+
+    def add(self, origin: PairOrigin, rejected: Message, chosen: Message | None, *,
+            feedback_id: str | None = None, instruction: str = "") -> None:
+        prompt = _as_prompt(self.store.branch(rejected.parent_id)) if rejected.parent_id else []
+        chosen_text = chosen.content if chosen else ""
+        if chosen is None:
+            status, reason = "pending", "awaiting_rewrite"
+        else:
+            reason = pair_problem(chosen_text, rejected.content, instruction, origin)
+            key = (json.dumps(prompt[-1:]), normalise(chosen_text), normalise(rejected.content))
+            if not reason and key in self.seen:
+                reason = "near_duplicate"
+            status = "dropped" if reason else "ready"
+            if status == "ready":
+                self.seen.add(key)
+        pair_id = self.store.add_pair(
+            user_id=self.user_id, conversation_id=rejected.conversation_id, prompt=prompt,
+            persona_version=self.persona_version, chosen=chosen_text, rejected=rejected.content,
+            chosen_message_id=chosen.id if chosen else None, rejected_message_id=rejected.id,
+            feedback_id=feedback_id, origin=origin, instruction=instruction, status=status,
+            reason=reason,
+        )
+        if pair_id is None:
+            return
+        if status == "ready":
+            self.report.added[origin] += 1
+        elif status == "pending":
+            self.report.pending += 1
+        else:
+            self.report.dropped[reason] += 1
+            log.info("pair dropped origin=%s reason=%s rejected=%s", origin, reason, rejected.id)
+
+
+def build_pairs(store: Store, user_id: str, persona_version: int | None, report: MiningReport) -> None:
+    writer = _PairWriter(store, user_id, persona_version, report)
+    for feedback_id, original, edit in store.user_edits(user_id):
+        writer.add("user_edit", rejected=original, chosen=edit, feedback_id=feedback_id)
+    for feedback_id, chosen in store.user_judgements(user_id, "choice"):
+        for other in store.children(chosen.parent_id or ""):
+            if other.id != chosen.id:
+                writer.add("choice", rejected=other, chosen=chosen, feedback_id=feedback_id)
+    downed = {m.id for _, m in store.user_judgements(user_id, "thumbs_down")}
+    upped = {m.id for _, m in store.user_judgements(user_id, "thumbs_up")}
+    for feedback_id, bad in store.user_judgements(user_id, "thumbs_down"):
+        others = [m for m in store.children(bad.parent_id or "") if m.id not in downed]
+        if others:
+            best = next((m for m in others if m.id in upped), others[-1])
+            writer.add("thumbs", rejected=bad, chosen=best, feedback_id=feedback_id)
+    labels = store.detector_labels(user_id, DETECTOR_VERSION)
+    by_judged: dict[str, list[str]] = {}
+    for label in labels:
+        by_judged.setdefault(label.message_id, []).append(label.kind)
+    for label in labels:
+        if not label.actionable:
+            continue
+        original = store.get_message(label.message_id)
+        # The model's own next answer is the rewrite when the user took it without complaint.
+        accepted = [b for b in store.children(label.followup_id) if b.status == "complete"
+                    and not NEGATIVE.intersection(by_judged.get(b.id, ()))]
+        writer.add("guided_rewrite", rejected=original, chosen=accepted[-1] if accepted else None,
+                   feedback_id=label.id, instruction=label.instruction)
+
+
+def mine(store: Store, user_id: str, persona_version: int | None = None) -> MiningReport:
+    """Label new follow-ups and build new pairs for one user; returns what changed."""
+    report = MiningReport(persona_version=persona_version)
+    label_backlog(store, user_id, report)
+    build_pairs(store, user_id, persona_version, report)
+    log.info("mined user=%s labelled=%d added=%s dropped=%s pending=%d", user_id, report.labelled,
+             dict(report.added), dict(report.dropped), report.pending)
+    return report
+
+
+def rewrite_prompt(prompt: Sequence[dict[str, str]], answer: str, instruction: str) -> list[dict[str, str]]:
+    """Messages asking the model to apply `instruction` to `answer` (for a guided_rewrite)."""
+    question = next((m["content"] for m in reversed(prompt) if m["role"] == "user"), "")
+    return [
+        {"role": "system", "content": "You rewrite answers. Apply the instruction to the answer "
+                                      "and reply with the rewritten answer only."},
+        {"role": "user", "content": f"Question: {question}\n\nAnswer: {answer}\n\n"
+                                    f"Instruction: {instruction}\n\nRewritten answer:"},
+    ]
+
+
+def rewrite_pending(
+    store: Store, user_id: str, generate: Callable[[list[dict[str, str]]], str | None],
+    samples: int = 4, limit: int = 8,
+) -> MiningReport:
+    """Fill pending guided_rewrite pairs with the best of `samples` generated rewrites.
+
+    `generate(messages)` returns one sampled answer, or None to stop (the model is needed for a
+    chat). A pair whose rewrites all fail the filter is dropped with the last reason.
+    """
+    report = MiningReport()
+    for pair in store.pairs(user_id, status="pending", origin="guided_rewrite")[:limit]:
+        messages = rewrite_prompt(pair.prompt, pair.rejected, pair.instruction)
+        best: str | None = None
+        reason = "no_rewrite"
+        for _ in range(samples):  # at this model size most rewrites miss (DESIGN §7): sample, filter
+            text = generate(messages)
+            if text is None:
+                return report
+            reason = pair_problem(text, pair.rejected, pair.instruction, "guided_rewrite")
+            if not reason:
+                best = text
+                break
+        if best is not None:
+            store.update_pair(pair.id, chosen=best, status="ready")
+            report.added["guided_rewrite"] += 1
+        else:
+            store.update_pair(pair.id, chosen="", status="dropped", reason=f"rewrite_{reason}")
+            report.dropped[f"rewrite_{reason}"] += 1
+    return report
+
+
+class Miner:
+    """Runs `mine` and `rewrite_pending` in the daemon, in the background, after answers.
+
+    `notify(user)` is called when an answer is stored; mining starts `mining_delay_s` later in a
+    worker thread (a burst of turns is mined once). Rewrites use the model only while no chat
+    request runs or waits, one sample at a time, so a chat waits at most one short sample.
+    """
+
+    def __init__(self, store: Store, queue: RequestQueue, config: LearningConfig) -> None:
+        self.store, self.queue, self.config = store, queue, config
+        self._pending: set[str] = set()
+        self._handle: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.runs = 0
+        self.last_report: MiningReport | None = None
+
+    def notify(self, user_id: str) -> None:
+        if not self.config.mining:
+            return
+        self._pending.add(user_id)
+        loop = asyncio.get_running_loop()
+        if self._handle is not None:
+            self._handle.cancel()
+        self._handle = loop.call_later(self.config.mining_delay_s, self._start)
+
+    def _start(self) -> None:
+        self._handle = None
+        if self._task is not None and not self._task.done():
+            self._handle = asyncio.get_running_loop().call_later(self.config.mining_delay_s, self._start)
+            return
+        users, self._pending = self._pending, set()
+        self._task = asyncio.get_running_loop().create_task(self._run(users))
+
+    async def _run(self, users: set[str]) -> None:
+        loop = asyncio.get_running_loop()
+        for user_id in sorted(users):
+            try:
+                persona = self.store.active_persona(user_id)
+                report = await asyncio.to_thread(mine, self.store, user_id, persona.version if persona else None)
+                if report.pending:
+                    await asyncio.to_thread(
+                        rewrite_pending, self.store, user_id, lambda m: self._generate(m, loop),
+                        self.config.rewrite_samples,
+                    )
+                self.last_report = report
+            except Exception:  # boundary: a failed mining run must never disturb serving
+                log.exception("mining failed for user %s", user_id)
+        self.runs += 1
+
+    def _generate(self, messages: list[dict[str, str]], loop: asyncio.AbstractEventLoop) -> str | None:
+        """Called from the mining thread: one sample, or None when the model is wanted."""
+        if self.queue.busy or self.queue.waiting:
+            return None
+        return asyncio.run_coroutine_threadsafe(self._sample(messages), loop).result()
+
+    async def _sample(self, messages: list[dict[str, str]]) -> str | None:
+        if self.queue.busy or self.queue.waiting:
+            return None
+        try:
+            prompt = self.queue.engine.render(messages)
+            self.queue.reserve()
+        except RlhiError:
+            return None
+        params = SamplingParams(max_tokens=self.config.rewrite_max_tokens, temperature=0.8)
+        job = self.queue.submit(prompt, params)
+        try:
+            return (await job.wait()).text
+        except RlhiError:
+            return None
+
+    async def idle(self) -> None:
+        """Wait until no mining is scheduled or running (for tests and shutdown)."""
+        while self._handle is not None or (self._task is not None and not self._task.done()):
+            await asyncio.sleep(0.05)
