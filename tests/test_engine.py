@@ -106,3 +106,11 @@ def test_missing_and_corrupt_files_are_named(tmp_path) -> None:  # type: ignore[
     bad.write_bytes(b"GGUF" + b"\0" * 64)
     with pytest.raises(ModelCorruptError, match="bad.gguf"):
         Engine(ModelSpec(bad, "bad", "0", False), ModelConfig())
+
+
+def test_ignore_eos_generates_exactly_max_tokens(engine: Engine) -> None:
+    short = [{"role": "user", "content": "Say OK."}]
+    _, natural = run(engine, SamplingParams(max_tokens=200, temperature=0), messages=short)
+    assert natural.finish_reason == "stop" and natural.completion_tokens < 200
+    _, forced = run(engine, SamplingParams(max_tokens=200, temperature=0, ignore_eos=True), messages=short)
+    assert (forced.finish_reason, forced.completion_tokens) == ("length", 200)

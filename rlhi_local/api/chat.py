@@ -94,6 +94,7 @@ def _sampling(state: AppState, body: ChatCompletionRequest, prompt_len: int) -> 
         frequency_penalty=body.frequency_penalty or 0.0,
         stop=stop,
         seed=None if body.seed is None else body.seed % (2**32),
+        ignore_eos=body.ignore_eos,
     )
 
 

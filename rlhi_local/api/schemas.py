@@ -98,6 +98,7 @@ class ChatCompletionRequest(BaseModel):
     stop: str | list[str] | None = None
     seed: int | None = Field(default=None, ge=-(2**63), le=2**64 - 1)
     n: int | None = Field(default=None, ge=1, le=1, description="Only one choice is supported.")
+    ignore_eos: bool = Field(default=False, description="rlhi extension: generate max_tokens tokens.")
     user: str | None = Field(default=None, pattern=ID_PATTERN)
     metadata: dict[str, str] | None = Field(default=None, max_length=16)
 

@@ -69,6 +69,8 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    ignore_eos: bool = False
+    """Keep generating past end-of-generation tokens (benchmarks want a fixed length)."""
 
 
 @dataclass
@@ -203,7 +205,7 @@ class Engine:
                 if cancel is not None and cancel.is_set():
                     finish_reason = "cancelled"
                     break
-                if self._is_eog(self._vocab, token):
+                if not params.ignore_eos and self._is_eog(self._vocab, token):
                     finish_reason = "stop"
                     break
                 completion_tokens += 1
