@@ -238,6 +238,37 @@ def stop(ctx: click.Context, timeout: float) -> None:
     raise click.ClickException(f"the daemon (pid {pid}) did not stop within {timeout:.0f}s")
 
 
+@cli.command(name="import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--user", default="local", show_default=True, help="Whose history this is.")
+@click.option("--no-learn", is_flag=True, help="Store the turns without mining them.")
+def import_(file: Path, user: str, no_learn: bool) -> None:
+    """Import chats from OpenAI-style JSONL or a ChatGPT export's conversations.json.
+
+    Bad lines are reported with their number and skipped; importing twice adds nothing.
+    Example: rlhi import ~/Downloads/conversations.json
+    """
+    from .daemon import ensure_private_dir
+    from .importer import import_file
+    from .store import Store
+
+    try:
+        ensure_private_dir(data_dir())
+        store = Store(data_dir() / "rlhi.db")
+        report = import_file(store, file, user_id=user, learn=not no_learn)
+    except RlhiError as exc:
+        raise click.ClickException(str(exc)) from exc
+    for problem in report.problems:
+        click.echo(f"warning: {problem}", err=True)
+    click.echo(f"imported {report.conversations} conversations, {report.messages} messages")
+    if report.mining is not None:
+        m = report.mining
+        click.echo(f"learned: {m.labelled} follow-ups labelled, pairs {dict(m.added) or '{}'}, "
+                   f"{m.pending} awaiting a rewrite, dropped {dict(m.dropped) or '{}'}")
+    if report.problems and not report.messages:
+        raise SystemExit(1)
+
+
 @cli.command()
 @click.argument("what", type=click.Choice(["socket", "data", "config", "log"]), required=False)
 @click.pass_context

@@ -25,8 +25,10 @@ ALLOWED: dict[str, set[str]] = {
     "mining": BASE | {"engine", "store", "feedback", "persona"},
     "client": {"config", "errors"},
     "daemon": BASE | {"api", "engine", "mining", "models", "store"},
-    "cli": BASE | {"client", "daemon", "models", "signals_cli", "__init__"},
+    "cli": BASE | {"client", "daemon", "importer", "models", "signals_cli", "store", "__init__"},
+    "importer": BASE | {"mining", "store"},
     "feedback": BASE | {"engine"},
+    "persona": BASE | {"feedback", "engine"},
     "signals_cli": {"feedback", "errors", "config"},
     "__main__": {"cli"},
     "__init__": set(),
@@ -96,6 +98,10 @@ EXPORTS = {
     "rlhi_local.store": ["DetectorLabel", "PlacedTurn", "Store", "new_id", "path_hash"],
     "rlhi_local.engine": ["Engine", "Finish", "Job", "Piece", "RequestQueue", "SamplingParams", "physical_cores"],
     "rlhi_local.api": ["AppState", "create_app"],
+    "rlhi_local.persona": [
+        "Fact", "FactCategory", "FactSource", "delete_fact", "edit_fact", "estimate_tokens",
+        "fact_from_user_text", "facts_from_json", "facts_to_json", "merge_facts", "mine_facts", "render_card",
+    ],
     "rlhi_local.records": [
         "Conversation", "Feedback", "FeedbackKind", "Message", "NewMessage", "Origin", "Pair",
         "PairOrigin", "PairStatus", "Persona", "Role",

@@ -313,8 +313,12 @@ class Store(SignalsMixin):
         conversation_id: str | None = None,
         model: str | None = None,
         model_fingerprint: str | None = None,
+        imported: bool = False,
     ) -> PlacedTurn:
         """Store what is new in `history` and open the answer row, in one transaction.
+
+        `imported=True` (history from elsewhere, `rlhi import`): assistant turns are `imported`,
+        never edits, and no answer row is opened.
 
         The history is matched against stored turns by chained hashes: inside the named
         conversation, or (unnamed) in the user's most recent conversation that holds the same
@@ -340,7 +344,7 @@ class Store(SignalsMixin):
                 elif owner[0] != user_id:
                     raise NotFoundError(f"No conversation {conversation_id!r} for user {user_id!r}.")
             depth, parent_id, found_conversation = self._match_in_transaction(
-                db, user_id, hashes, history, conversation_id
+                db, user_id, hashes, history, conversation_id, imported
             )
             if conversation_id is None:
                 conversation_id = found_conversation or new_id("conv")
@@ -358,9 +362,11 @@ class Store(SignalsMixin):
                 m = history[i]
                 origin: Origin = "user"
                 edited: str | None = None
-                if m.role == "assistant":
+                if m.role == "assistant" and not imported:
                     edited = self._latest_answer(db, parent_id)
                     origin = "user_edit" if edited else "imported"
+                elif m.role == "assistant":
+                    origin = "imported"
                 msg_id = new_id("msg")
                 db.execute(
                     "INSERT INTO messages (id, conversation_id, parent_id, role, content, origin, "
@@ -376,6 +382,9 @@ class Store(SignalsMixin):
             answer_origin: Origin = (
                 "regenerate" if self._has_answer(db, parent_id, conversation_id) else "model"
             )
+            if imported:
+                db.execute("UPDATE conversations SET updated_at = ? WHERE id = ?", [now, conversation_id])
+                return PlacedTurn(conversation_id, tuple(new_ids), parent_id, None, "imported")
             answer_id = new_id("msg")
             db.execute(
                 "INSERT INTO messages (id, conversation_id, parent_id, role, content, origin, status, "
@@ -404,6 +413,7 @@ class Store(SignalsMixin):
         hashes: list[str],
         history: Sequence[NewMessage],
         conversation_id: str | None,
+        imported: bool = False,
     ) -> tuple[int, str | None, str | None]:
         """The longest stored prefix of the history: (its length, its last id, its conversation)."""
         placeholders = ",".join("?" * len(hashes))
@@ -430,7 +440,9 @@ class Store(SignalsMixin):
                 continue
             # An unnamed request continues a stored conversation only when the shared history
             # includes an answer; a bare "hi" is a new conversation, not the last one that began so.
-            if conversation_id is None and not any(m.role == "assistant" for m in history[:depth]):
+            # (An import that matches whole is the same conversation imported again.)
+            if (conversation_id is None and not any(m.role == "assistant" for m in history[:depth])
+                    and not (imported and depth == len(history))):
                 return 0, None, None
             return depth, hit[0], hit[1]
         return 0, None, None
