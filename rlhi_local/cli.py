@@ -238,6 +238,96 @@ def stop(ctx: click.Context, timeout: float) -> None:
     raise click.ClickException(f"the daemon (pid {pid}) did not stop within {timeout:.0f}s")
 
 
+@cli.group()
+def persona() -> None:
+    """What the assistant knows about you: view it, edit it (your edits always win)."""
+
+
+def _persona_call(ctx: click.Context, call: str, *args: Any) -> Any:
+    config = _config(ctx)
+    try:
+        ensure_daemon(config)
+        with _client(config) as client:
+            return getattr(client, call)(*args)
+    except RlhiError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@persona.command("show")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def persona_show(ctx: click.Context, as_json: bool) -> None:
+    """Show the card the model sees and every fact with its evidence count.
+
+    Example: rlhi persona show
+    """
+    p = _persona_call(ctx, "persona")
+    if as_json:
+        click.echo(json.dumps(p, indent=2, ensure_ascii=False))
+        return
+    click.echo(f"persona version {p['version']}" + (f" ({p['source']})" if p["source"] else ""))
+    click.echo(p["card"] or "(no persona yet: it grows as you chat)")
+    for f in p["facts"]:
+        mark = "deleted" if f["deleted"] else f"{f['source']}, {f['count']}x"
+        click.echo(f"  [{f['key']}] {f['text']}  ({mark})")
+
+
+@persona.command("history")
+@click.pass_context
+def persona_history_cmd(ctx: click.Context) -> None:
+    """List every persona version. Example: rlhi persona history"""
+    for p in _persona_call(ctx, "persona_history"):
+        live = sum(1 for f in p["facts"] if not f["deleted"])
+        click.echo(f"v{p['version']}  {p['created_at']}  {p['source']:<5}  {live} facts")
+
+
+@persona.command("add")
+@click.argument("text")
+@click.pass_context
+def persona_add(ctx: click.Context, text: str) -> None:
+    """Tell the assistant a fact about you. Example: rlhi persona add "I use Windows" """
+    facts = _persona_call(ctx, "persona")["facts"]
+    wanted = [*({"key": f["key"], "text": f["text"], "deleted": f["deleted"]} for f in facts), {"text": text}]
+    click.echo(_persona_call(ctx, "set_persona", wanted)["card"])
+
+
+@persona.command("delete")
+@click.argument("key")
+@click.pass_context
+def persona_delete(ctx: click.Context, key: str) -> None:
+    """Delete a fact for good (it is never mined back). Example: rlhi persona delete topic:cooking"""
+    facts = _persona_call(ctx, "persona")["facts"]
+    if key not in {f["key"] for f in facts}:
+        raise click.ClickException(f"No fact {key!r}; `rlhi persona show` lists the keys.")
+    wanted = [{"key": f["key"], "text": f["text"], "deleted": f["deleted"] or f["key"] == key} for f in facts]
+    click.echo(_persona_call(ctx, "set_persona", wanted)["card"] or "(empty persona)")
+
+
+@persona.command("edit")
+@click.pass_context
+def persona_edit(ctx: click.Context) -> None:
+    """Edit the facts in $EDITOR: one per line as `[key] text`; remove a line to delete it, add a
+    line without a key to add a fact. Example: rlhi persona edit
+    """
+    facts = [f for f in _persona_call(ctx, "persona")["facts"] if not f["deleted"]]
+    text = "\n".join(f"[{f['key']}] {f['text']}" for f in facts)
+    edited = click.edit(text + "\n")
+    if edited is None:
+        click.echo("unchanged")
+        return
+    wanted = []
+    for line in edited.splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        if line.startswith("[") and "]" in line:
+            key, _, rest = line[1:].partition("]")
+            wanted.append({"key": key, "text": rest.strip()})
+        else:
+            wanted.append({"text": line})
+    click.echo(_persona_call(ctx, "set_persona", wanted)["card"] or "(empty persona)")
+
+
 @cli.command(name="import")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--user", default="local", show_default=True, help="Whose history this is.")

@@ -232,6 +232,22 @@ class Client:
         return dict(self._request("POST", "/v1/feedback",
                                   json={"message_id": message_id, "kind": kind, "user": user}))
 
+    def persona(self, user: str | None = None) -> dict[str, Any]:
+        """The active persona: `card` (what the model sees), `facts` (with evidence), `version`."""
+        return dict(self._request("GET", "/v1/persona", params={"user": user} if user else {}))
+
+    def set_persona(self, facts: Sequence[Mapping[str, Any]], user: str | None = None) -> dict[str, Any]:
+        """Replace the visible facts ({key?, text, deleted?}); what you change stays yours."""
+        return dict(self._request("PUT", "/v1/persona", json={"facts": list(facts)},
+                                  params={"user": user} if user else {}))
+
+    def persona_history(self, user: str | None = None) -> list[dict[str, Any]]:
+        return list(self._request("GET", "/v1/persona/history", params={"user": user} if user else {})["data"])
+
+    def pairs(self, user: str | None = None, status: str | None = None) -> list[dict[str, Any]]:
+        params = {k: v for k, v in (("user", user), ("status", status)) if v}
+        return list(self._request("GET", "/v1/pairs", params=params)["data"])
+
 
 class AsyncClient:
     """Asynchronous client over the Unix socket (the TUI uses this one)."""
@@ -317,6 +333,13 @@ class AsyncClient:
     async def feedback(self, message_id: str, kind: str, user: str | None = None) -> dict[str, Any]:
         return dict(await self._request("POST", "/v1/feedback",
                                         json={"message_id": message_id, "kind": kind, "user": user}))
+
+    async def persona(self, user: str | None = None) -> dict[str, Any]:
+        return dict(await self._request("GET", "/v1/persona", params={"user": user} if user else {}))
+
+    async def set_persona(self, facts: Sequence[Mapping[str, Any]], user: str | None = None) -> dict[str, Any]:
+        return dict(await self._request("PUT", "/v1/persona", json={"facts": list(facts)},
+                                        params={"user": user} if user else {}))
 
 
 def ensure_daemon(socket: str | Path | None = None, wait_s: float = 120.0,

@@ -20,13 +20,14 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from .feedback import DETECTOR_VERSION, classify, normalise, pair_problem
+from .persona import facts_from_json, facts_to_json, merge_facts, mine_facts, render_card
 from .config import LearningConfig
 from .engine import RequestQueue, SamplingParams
 from .errors import RlhiError
-from .records import Message, PairOrigin
+from .records import Message, PairOrigin, Persona
 from .store import Store
 
-__all__ = ["Miner", "MiningReport", "mine", "rewrite_pending", "rewrite_prompt"]
+__all__ = ["Miner", "MiningReport", "mine", "refresh_persona", "rewrite_pending", "rewrite_prompt"]
 
 log = logging.getLogger(__name__)
 
@@ -130,11 +131,29 @@ def build_pairs(store: Store, user_id: str, persona_version: int | None, report:
                    feedback_id=label.id, instruction=label.instruction)
 
 
+def refresh_persona(store: Store, user_id: str) -> Persona | None:
+    """Re-mine the persona from the whole history; store a new version only if it changed.
+
+    Facts the user edited or deleted are kept as they are (`persona.merge_facts`)."""
+    active = store.active_persona(user_id)
+    current = facts_from_json(active.facts) if active else []
+    merged = merge_facts(current, mine_facts(store.user_messages(user_id)))
+    facts = facts_to_json(merged)
+    if active is not None and facts == active.facts:
+        return active
+    if active is None and not merged:
+        return None
+    return store.add_persona(user_id, render_card(merged), facts, "mined")
+
+
 def mine(store: Store, user_id: str, persona_version: int | None = None) -> MiningReport:
-    """Label new follow-ups and build new pairs for one user; returns what changed."""
+    """Label new follow-ups, refresh the persona, build new pairs (with the persona version
+    they will train with) for one user; returns what changed."""
     report = MiningReport(persona_version=persona_version)
     label_backlog(store, user_id, report)
-    build_pairs(store, user_id, persona_version, report)
+    persona = refresh_persona(store, user_id)
+    report.persona_version = persona.version if persona else persona_version
+    build_pairs(store, user_id, report.persona_version, report)
     log.info("mined user=%s labelled=%d added=%s dropped=%s pending=%d", user_id, report.labelled,
              dict(report.added), dict(report.dropped), report.pending)
     return report

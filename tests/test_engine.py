@@ -114,3 +114,13 @@ def test_ignore_eos_generates_exactly_max_tokens(engine: Engine) -> None:
     assert natural.finish_reason == "stop" and natural.completion_tokens < 200
     _, forced = run(engine, SamplingParams(max_tokens=200, temperature=0, ignore_eos=True), messages=short)
     assert (forced.finish_reason, forced.completion_tokens) == ("length", 200)
+
+
+def test_the_persona_card_reaches_the_prompt_in_the_system_turn(engine: Engine) -> None:
+    from rlhi_local.persona import with_persona
+
+    card = "User persona:\n- Prefers concise answers."
+    text = engine._llm.detokenize(engine.render(with_persona(Q, card)), special=True).decode()
+    assert text.startswith(f"<|im_start|>system\n{card}<|im_end|>")
+    both = engine._llm.detokenize(engine.render(with_persona([{"role": "system", "content": "Be kind."}, *Q], card, "ignored?")), special=True).decode()
+    assert f"Be kind.\n\nignored?\n\n{card}" in both

@@ -21,7 +21,7 @@ ALLOWED: dict[str, set[str]] = {
     "models": {"config", "errors"},
     "store": BASE,
     "engine": BASE | {"models"},
-    "api": BASE | {"models", "engine", "store", "mining", "__init__"},
+    "api": BASE | {"models", "engine", "store", "mining", "persona", "__init__"},
     "mining": BASE | {"engine", "store", "feedback", "persona"},
     "client": {"config", "errors"},
     "daemon": BASE | {"api", "engine", "mining", "models", "store"},
@@ -101,6 +101,7 @@ EXPORTS = {
     "rlhi_local.persona": [
         "Fact", "FactCategory", "FactSource", "delete_fact", "edit_fact", "estimate_tokens",
         "fact_from_user_text", "facts_from_json", "facts_to_json", "merge_facts", "mine_facts", "render_card",
+        "user_edit_facts", "with_persona",
     ],
     "rlhi_local.records": [
         "Conversation", "Feedback", "FeedbackKind", "Message", "NewMessage", "Origin", "Pair",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from dataclasses import asdict
 import time
 from typing import Literal
 
@@ -17,6 +18,8 @@ from starlette.responses import Response
 
 from .. import __version__
 from ..mining import mine
+from ..persona import facts_from_json, facts_to_json, render_card, user_edit_facts
+from ..records import Persona
 from .chat import DEFAULT_USER, chat_completions
 from .errors import install_error_handlers
 from .middleware import BodyLimitMiddleware, TokenAuthMiddleware
@@ -36,6 +39,9 @@ from .schemas import (
     MiningOut,
     ModelList,
     PairList,
+    PersonaHistory,
+    PersonaIn,
+    PersonaOut,
     RenameRequest,
 )
 from .state import AppState
@@ -173,6 +179,32 @@ def create_app(state: AppState, token: str | None = None) -> FastAPI:
     ) -> dict[str, object]:
         """The user's preference pairs with their provenance and filter decisions."""
         return {"object": "list", "data": [p.to_dict() for p in state.store.pairs(user, status=status)]}
+
+    def persona_out(user: str, persona: Persona | None) -> dict[str, object]:
+        if persona is None:
+            return {"user_id": user, "version": 0, "card": "", "facts": [], "source": None, "created_at": None}
+        facts = [asdict(f) | {"evidence": list(f.evidence)} for f in facts_from_json(persona.facts)]
+        return persona.to_dict() | {"facts": facts}
+
+    @app.get("/v1/persona", response_model=PersonaOut, responses=_ERRORS)
+    async def get_persona(user: str = Query(DEFAULT_USER, pattern=ID_PATTERN)) -> dict[str, object]:
+        """The active persona: the card in the system prompt and the facts (with evidence)."""
+        return persona_out(user, state.store.active_persona(user))
+
+    @app.put("/v1/persona", response_model=PersonaOut, responses=_ERRORS)
+    async def put_persona(body: PersonaIn, user: str = Query(DEFAULT_USER, pattern=ID_PATTERN)) -> dict[str, object]:
+        """Replace the visible facts: edited, added and removed facts become the user's own and
+        are never changed by mining. Makes a new persona version."""
+        active = state.store.active_persona(user)
+        current = facts_from_json(active.facts) if active else []
+        facts = user_edit_facts(current, [(f.key, f.text, f.deleted) for f in body.facts])
+        persona = state.store.add_persona(user, render_card(facts), facts_to_json(facts), "user")
+        return persona_out(user, persona)
+
+    @app.get("/v1/persona/history", response_model=PersonaHistory, responses=_ERRORS)
+    async def persona_history(user: str = Query(DEFAULT_USER, pattern=ID_PATTERN)) -> dict[str, object]:
+        """Every persona version, oldest first."""
+        return {"object": "list", "data": [persona_out(user, p) for p in state.store.persona_history(user)]}
 
     for route in app.routes:
         if isinstance(route, APIRoute):

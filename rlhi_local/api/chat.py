@@ -19,6 +19,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from ..engine import Job, SamplingParams
 from ..errors import RlhiError
+from ..persona import with_persona
 from ..records import NewMessage
 from ..store import PlacedTurn
 from .errors import error_response
@@ -39,6 +40,7 @@ class _Turn:
     created: int
     placed: PlacedTurn | None
     user_id: str
+    persona_version: int | None
 
     def ids(self) -> dict[str, object]:
         p = self.placed
@@ -49,6 +51,7 @@ class _Turn:
             "new_message_ids": list(p.new_message_ids) if p else [],
             "origin": p.answer_origin if p else None,
             "stored": p is not None,
+            "persona_version": self.persona_version,
         }
 
     def headers(self) -> dict[str, str]:
@@ -122,10 +125,16 @@ async def chat_completions(request: Request, body: ChatCompletionRequest) -> Res
         conversation_id = _conversation_id(request, body)
     except ValueError as exc:
         return error_response(400, str(exc), "x-rlhi-conversation", "invalid_request")
-    prompt_messages = [{"role": m.role, "content": m.content} for m in history]
-    system_prompt = state.config.generation.system_prompt
-    if system_prompt and history[0].role != "system":
-        prompt_messages.insert(0, {"role": "system", "content": system_prompt})
+    user_id = body.user or DEFAULT_USER
+    card = ""
+    persona_version = None
+    if state.config.learning.persona_in_prompt:
+        persona = state.store.active_persona(user_id)
+        if persona is not None and persona.card:
+            card, persona_version = persona.card, persona.version
+    system_prompt = "" if history[0].role == "system" else state.config.generation.system_prompt
+    prompt_messages = with_persona([{"role": m.role, "content": m.content} for m in history],
+                                   card, system_prompt)
     prompt = state.engine.render(prompt_messages)  # ContextLengthError → 400
     params = _sampling(state, body, len(prompt))
 
@@ -147,7 +156,8 @@ async def chat_completions(request: Request, body: ChatCompletionRequest) -> Res
         completion_id=f"chatcmpl-{placed.answer_id if placed and placed.answer_id else time.time_ns()}",
         created=int(time.time()),
         placed=placed,
-        user_id=body.user or DEFAULT_USER,
+        user_id=user_id,
+        persona_version=persona_version,
     )
     job = state.queue.submit(prompt, params, on_finish=lambda job: _finish(state, turn, job))
     if body.stream:

@@ -27,6 +27,9 @@ __all__ = [
     "MiningOut",
     "ModelList",
     "PairList",
+    "PersonaHistory",
+    "PersonaIn",
+    "PersonaOut",
     "RenameRequest",
 ]
 
@@ -193,6 +196,8 @@ class StoredIds(BaseModel):
     new_message_ids: list[str]
     origin: str | None
     stored: bool
+    persona_version: int | None = None
+    """The persona version whose card was in the system prompt (None: no persona)."""
 
 
 class ChatCompletion(BaseModel):
@@ -288,6 +293,34 @@ class PairOut(BaseModel):
 class PairList(BaseModel):
     object: Literal["list"] = "list"
     data: list[PairOut]
+
+
+class FactIn(BaseModel):
+    key: str | None = Field(default=None, max_length=300)
+    text: str = Field(min_length=1, max_length=300)
+    deleted: bool = False
+
+    _valid = field_validator("text")(_check_text)
+
+
+class PersonaIn(BaseModel):
+    """The user's view of their persona: the full list of facts they want (see PUT /v1/persona)."""
+
+    facts: list[FactIn] = Field(max_length=500)
+
+
+class PersonaOut(BaseModel):
+    user_id: str
+    version: int
+    card: str
+    facts: list[dict[str, Any]]
+    source: str | None
+    created_at: str | None
+
+
+class PersonaHistory(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[PersonaOut]
 
 
 class Health(BaseModel):

@@ -45,6 +45,8 @@ __all__ = [
     "merge_facts",
     "mine_facts",
     "render_card",
+    "user_edit_facts",
+    "with_persona",
 ]
 
 CARD_HEADER: Final = "User persona:"
@@ -183,3 +185,45 @@ def edit_fact(fact: Fact, text: str) -> Fact:
 def delete_fact(fact: Fact) -> Fact:
     """`fact` marked deleted by the user: hidden from the card, and never mined back."""
     return replace(fact, deleted=True, source="user")
+
+
+def with_persona(messages: Sequence[dict[str, str]], card: str, system_prompt: str = "") -> list[dict[str, str]]:
+    """The messages the model sees: the persona card (and the configured system prompt) in the
+    system turn. One function for inference and training, so both see the same text."""
+    messages = [dict(m) for m in messages]
+    extra = "\n\n".join(part for part in (system_prompt, card) if part)
+    if not extra:
+        return messages
+    if messages and messages[0]["role"] == "system":
+        messages[0]["content"] = f"{messages[0]['content']}\n\n{extra}" if messages[0]["content"] else extra
+    else:
+        messages.insert(0, {"role": "system", "content": extra})
+    return messages
+
+
+def user_edit_facts(current: Sequence[Fact], wanted: Sequence[tuple[str | None, str, bool]]) -> list[Fact]:
+    """The facts after the user replaced the visible list with `wanted` (key, text, deleted).
+
+    A known key with new text is edited, with `deleted` it is deleted; an unknown or missing key
+    is a new fact typed by the user; a visible fact left out of `wanted` is deleted. Everything
+    the user touched becomes theirs, so mining never changes it again.
+    """
+    by_key = {f.key: f for f in current}
+    out: dict[str, Fact] = {}
+    for key, text, deleted in wanted:
+        fact = by_key.get(key) if key else None
+        if fact is None:
+            if not deleted:
+                new = fact_from_user_text(text)
+                out[new.key] = new
+            continue
+        if deleted:
+            out[fact.key] = delete_fact(fact)
+        elif text.strip() != fact.text.strip() or fact.deleted:
+            out[fact.key] = edit_fact(fact, text)
+        else:
+            out[fact.key] = fact
+    for fact in current:
+        if fact.key not in out:
+            out[fact.key] = fact if fact.deleted else delete_fact(fact)
+    return list(out.values())
