@@ -247,7 +247,7 @@ def test_feedback_edit_and_rename_endpoints(client: Client, daemon: RunningDaemo
     assert msgs[b.message_id]["feedback"] == ["choice"]
     rows = db_rows(daemon, "SELECT kind, source FROM feedback WHERE message_id IN (?, ?) ORDER BY rowid",
                    (a.message_id, b.message_id))
-    assert rows == [("thumbs_down", "user"), ("choice", "user")]
+    assert rows == [("thumbs_down", "user"), ("choice", "user"), ("edit", "user")]
     for bad in (lambda: client.feedback("msg_nope", "thumbs_up"),
                 lambda: client.edit_message("msg_nope", "x"),
                 lambda: client.rename_conversation("nope-conv", "x")):
