@@ -87,6 +87,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--conversations", type=int, default=200, help="for the memory-growth check")
+    parser.add_argument("--persona", action="store_true",
+                        help="keep the persona card in the daemon's prompts (it changes the prompt, "
+                             "so by default it is off to compare the same tokens)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "serving_overhead.json")
     args = parser.parse_args()
 
@@ -99,6 +102,8 @@ def main() -> None:
 
     home = Path(tempfile.mkdtemp(prefix="rlhi-bench-"))
     env = {**os.environ, "RLHI_HOME": str(home)}
+    if not args.persona:
+        env["RLHI_LEARNING__PERSONA_IN_PROMPT"] = "false"
     os.environ["RLHI_HOME"] = str(home)
     config = load_config()
     spec = resolve_model(config)
@@ -159,6 +164,7 @@ def main() -> None:
         "cores": physical_cores(),
         "rounds": args.rounds,
         "max_tokens": args.tokens,
+        "persona_in_prompt": args.persona,
         "median": med,
         "ratios": {
             "throughput_vs_inproc_default": d["tok_per_s"] / dflt["tok_per_s"],

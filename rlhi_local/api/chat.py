@@ -103,6 +103,7 @@ def _sampling(state: AppState, body: ChatCompletionRequest, prompt_len: int) -> 
 
 async def chat_completions(request: Request, body: ChatCompletionRequest) -> Response:
     state: AppState = request.app.state.rlhi
+    state.miner.touch()
     spec = state.spec
     if body.model not in (spec.id, spec.path.name, *MODEL_ALIASES):
         return error_response(
