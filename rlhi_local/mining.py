@@ -23,7 +23,7 @@ from typing import Callable, Sequence
 from .feedback import DETECTOR_VERSION, classify, normalise, pair_problem
 from .persona import facts_from_json, facts_to_json, merge_facts, mine_facts, render_card
 from .config import LearningConfig
-from .engine import RequestQueue, SamplingParams
+from .engine import Job, RequestQueue, SamplingParams
 from .errors import RlhiError
 from .records import Message, PairOrigin, Persona
 from .store import Store
@@ -218,6 +218,7 @@ class Miner:
         self.runs = 0
         self.last_report: MiningReport | None = None
         self._last_request = 0.0
+        self._background: Job | None = None
 
     def notify(self, user_id: str) -> None:
         if not self.config.mining:
@@ -229,8 +230,11 @@ class Miner:
         self._handle = loop.call_later(self.config.mining_delay_s, self._start)
 
     def touch(self) -> None:
-        """A chat request arrived: mining waits until the model has been idle for a while."""
+        """A chat request arrived: a background rewrite stops at its next token (the chat never
+        waits for it), and mining waits until the model has been idle for a while."""
         self._last_request = time.monotonic()
+        if self._background is not None:
+            self._background.cancel()
 
     def _quiet(self) -> bool:
         idle_for = time.monotonic() - self._last_request
@@ -277,11 +281,14 @@ class Miner:
         except RlhiError:
             return None
         params = SamplingParams(max_tokens=self.config.rewrite_max_tokens, temperature=0.8)
-        job = self.queue.submit(prompt, params)
+        job = self._background = self.queue.submit(prompt, params)
         try:
-            return (await job.wait()).text
+            finish = await job.wait()
         except RlhiError:
             return None
+        finally:
+            self._background = None
+        return finish.text if finish.finish_reason != "cancelled" else None
 
     async def idle(self) -> None:
         """Wait until no mining is scheduled or running (for tests and shutdown)."""

@@ -32,7 +32,7 @@ from rlhi_local.client import AsyncClient, ensure_daemon
 from rlhi_local.errors import APIError, DaemonError
 
 from . import branches
-from .screens import ConfirmScreen, EditScreen, HelpScreen, RenameScreen
+from .screens import ConfirmScreen, EditScreen, HelpScreen, PersonaScreen, RenameScreen
 from .widgets import ChatView, ConversationList, MessageBox, PromptInput, StatusLine
 
 __all__ = ["THEME", "ChatApp", "run_chat"]
@@ -120,6 +120,8 @@ class ChatApp(App[None]):
         Binding("ctrl+up", "focus_messages", "Messages", key_display="^↑",
                 tooltip="Focus the last message, to act on it"),
         Binding("ctrl+l", "focus_conversations", "List", show=False, tooltip="Focus the conversation list"),
+        Binding("f3", "persona", "Persona", show=False,
+                tooltip="See and edit what the model is told about you"),
         Binding("f1", "help", "Help", tooltip="Show this list of keys"),
         Binding("ctrl+q", "quit", "Quit", show=False, priority=True,
                 tooltip="Quit (the daemon keeps running)"),
@@ -558,6 +560,17 @@ class ChatApp(App[None]):
 
     def _title(self, conversation_id: str) -> str:
         return next((str(c.get("title") or "") for c in self.conversations if c["id"] == conversation_id), "")
+
+    # ---- persona ---------------------------------------------------------------------------
+
+    def action_persona(self) -> None:
+        if isinstance(self.screen, PersonaScreen):
+            return
+        if not self.connected:
+            self.notify("The daemon is not reachable yet; the persona opens once it is back.",
+                        severity="warning")
+            return
+        self.push_screen(PersonaScreen(self._client, self.user, self.messages))
 
     # ---- help ------------------------------------------------------------------------------
 

@@ -1,10 +1,11 @@
-"""The chat's modal screens: help, confirm, edit an answer, rename a conversation."""
+"""The chat's modal screens: help, confirm, edit an answer, rename a conversation, the persona."""
 
 from __future__ import annotations
 
 from .confirm import ConfirmScreen
 from .edit import EditScreen
 from .help import HelpScreen
+from .persona import PersonaScreen
 from .rename import RenameScreen
 
-__all__ = ["ConfirmScreen", "EditScreen", "HelpScreen", "RenameScreen"]
+__all__ = ["ConfirmScreen", "EditScreen", "HelpScreen", "PersonaScreen", "RenameScreen"]
