@@ -137,6 +137,9 @@ def refresh_persona(store: Store, user_id: str) -> Persona | None:
 
     Facts the user edited or deleted are kept as they are (`persona.merge_facts`)."""
     active = store.active_persona(user_id)
+    last = store.last_message_at(user_id)
+    if active is not None and (last is None or last <= active.created_at):
+        return active  # nothing said since this version: re-mining would find the same facts
     current = facts_from_json(active.facts) if active else []
     merged = merge_facts(current, mine_facts(store.user_messages(user_id)))
     facts = facts_to_json(merged)

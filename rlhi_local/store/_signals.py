@@ -75,6 +75,15 @@ class SignalsMixin:
             [user_id],
         )]
 
+    def last_message_at(self, user_id: str) -> str | None:
+        """When the user's newest finished message was stored (None: no messages)."""
+        rows = self._rows(
+            "SELECT max(m.created_at) AS at FROM messages m JOIN conversations c "
+            "ON c.id = m.conversation_id WHERE c.user_id = ? AND m.status != 'streaming'",
+            [user_id],
+        )
+        return rows[0]["at"] if rows else None
+
     def branch(self, message_id: str) -> list[Message]:
         """The path from the conversation's root to `message_id`, inclusive."""
         rows = self._rows(
