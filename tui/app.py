@@ -39,7 +39,7 @@ __all__ = ["THEME", "ChatApp", "run_chat"]
 
 log = logging.getLogger(__name__)
 
-RENDER_INTERVAL_S = 0.2
+RENDER_INTERVAL_S = 0.5
 """How often a streaming answer is re-rendered (measured by benchmarks/tui_render.py)."""
 T = TypeVar("T")
 
