@@ -32,9 +32,9 @@ QUESTIONS = [
 FOLLOWUPS = ["Shorter, one sentence please.", "Can you put that in a bulleted list?", "No, I meant for Windows."]
 
 
-def start(home: Path, mining: bool) -> tuple[subprocess.Popen[bytes], Path]:
+def start(home: Path, mining: bool, delay: float) -> tuple[subprocess.Popen[bytes], Path]:
     env = {**os.environ, "RLHI_HOME": str(home), "RLHI_LEARNING__MINING": "true" if mining else "false",
-           "RLHI_LEARNING__MINING_DELAY_S": "0.5"}
+           "RLHI_LEARNING__MINING_DELAY_S": str(delay)}
     proc = subprocess.Popen([sys.executable, "-m", "rlhi_local", "serve"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return proc, home / "run" / "rlhi.sock"
@@ -56,11 +56,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--conversations", type=int, default=12)
     parser.add_argument("--think", type=float, default=0.7, help="seconds between a user's turns")
+    parser.add_argument("--mining-delay", type=float, default=0.5,
+                        help="learning.mining_delay_s: below --think, mining runs in every pause")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "mining_overhead.json")
     args = parser.parse_args()
     from rlhi_local.client import Client
 
-    daemons = {name: start(Path(tempfile.mkdtemp(prefix=f"rlhi-{name}-")), name == "on") for name in ("on", "off")}
+    daemons = {name: start(Path(tempfile.mkdtemp(prefix=f"rlhi-{name}-")), name == "on", args.mining_delay) for name in ("on", "off")}
     clients = {}
     try:
         for name, (proc, sock) in daemons.items():
@@ -97,6 +99,8 @@ def main() -> None:
     med = {name: {"ttft_ms": statistics.median(s[0] for s in xs), "latency_ms": statistics.median(s[1] for s in xs),
                   "turns": len(xs)} for name, xs in samples.items()}
     report = {
+        "think_s": args.think,
+        "mining_delay_s": args.mining_delay,
         "median": med,
         "ratios_on_over_off": {
             "ttft": med["on"]["ttft_ms"] / med["off"]["ttft_ms"],
