@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass
 from typing import AsyncIterator
@@ -23,7 +24,7 @@ from ..persona import with_persona
 from ..records import NewMessage
 from ..store import PlacedTurn
 from .errors import error_response
-from .schemas import ChatCompletionRequest
+from .schemas import ID_PATTERN, ChatCompletionRequest
 from .state import AppState
 
 __all__ = ["chat_completions"]
@@ -66,10 +67,6 @@ class _Turn:
 
 
 def _conversation_id(request: Request, body: ChatCompletionRequest) -> str | None:
-    import re
-
-    from .schemas import ID_PATTERN
-
     value = request.headers.get("x-rlhi-conversation") or (body.metadata or {}).get("conversation_id")
     if value is not None and not re.match(ID_PATTERN, value):
         raise ValueError(f"conversation id {value[:80]!r} must match {ID_PATTERN}")
