@@ -138,7 +138,7 @@ def refresh_persona(store: Store, user_id: str) -> Persona | None:
     Facts the user edited or deleted are kept as they are (`persona.merge_facts`)."""
     active = store.active_persona(user_id)
     last = store.last_message_at(user_id)
-    if active is not None and (last is None or last <= active.created_at):
+    if active is not None and (last is None or last < active.created_at):
         return active  # nothing said since this version: re-mining would find the same facts
     current = facts_from_json(active.facts) if active else []
     merged = merge_facts(current, mine_facts(store.user_messages(user_id)))
@@ -147,7 +147,13 @@ def refresh_persona(store: Store, user_id: str) -> Persona | None:
         return active
     if active is None and not merged:
         return None
-    return store.add_persona(user_id, render_card(merged), facts, "mined")
+    card = render_card(merged)
+    if active is not None and card == active.card:
+        # A version is the text that conditions the model: new evidence for the same card
+        # updates it in place, so the system prompt (and the KV cache's prefix) stays the same.
+        store.update_persona_facts(active.id, facts)
+        return store.active_persona(user_id)
+    return store.add_persona(user_id, card, facts, "mined")
 
 
 def mine(store: Store, user_id: str, persona_version: int | None = None) -> MiningReport:

@@ -147,3 +147,18 @@ def test_daemon_mines_in_the_background_after_answers(daemon: RunningDaemon) -> 
             assert pair["reason"].startswith("rewrite_")
         report = c._http.post("/v1/signals/mine").json()
         assert report["labelled"] == 0  # already done in the background
+
+
+def test_new_evidence_for_the_same_card_keeps_the_persona_version(store: Store) -> None:
+    from rlhi_local.mining import refresh_persona
+    from rlhi_local.persona import facts_from_json
+
+    turn(store, "c1", [("user", "I use Windows. How do I open a terminal?")], "Press Win+R.")
+    first = refresh_persona(store, "u")
+    assert first is not None and "Windows" in first.card
+    turn(store, "c2", [("user", "I use Windows. What is a shell?")], "A program.")
+    again = refresh_persona(store, "u")
+    assert again is not None and again.version == first.version and again.card == first.card
+    fact = {f.key: f for f in facts_from_json(again.facts)}["about_user:os=windows"]
+    assert len(fact.evidence) == 2  # the evidence grew; the text the model sees did not change
+    assert len(store.persona_history("u")) == 1

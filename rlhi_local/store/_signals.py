@@ -226,6 +226,11 @@ class SignalsMixin:
             [user_id],
         )]
 
+    def update_persona_facts(self, persona_id: str, facts: str) -> None:
+        """Refresh counts and evidence of a version whose card is unchanged (see mining)."""
+        with self._atomic() as db:
+            db.execute("UPDATE personas SET facts = ? WHERE id = ?", [facts, persona_id])
+
     def add_persona(self, user_id: str, card: str, facts: str, source: str) -> Persona:
         """A new persona version (the newest is active)."""
         from ._store import _now, new_id
