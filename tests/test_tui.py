@@ -347,7 +347,8 @@ def test_a_daemon_that_cannot_start_is_reported(rlhi_home: Path, monkeypatch: py
         app = ChatApp(rlhi_home / "d.sock", user="t-nostart", **FAST)
         async with app.run_test(size=SIZE, notifications=True) as pilot:
             assert app.status.state == "starting daemon…"
-            await until(pilot, lambda: app.status.problem)
+            # The status line and the notification are two updates: wait for both.
+            await until(pilot, lambda: app.status.problem and notes(app))
             assert "not running" in app.status.state
             assert any("could not start" in m and "missing.gguf" in m for m in notes(app)), notes(app)
             app.post_message(events.Paste("Hello?"))
