@@ -86,6 +86,9 @@ class LearningConfig:
     """Length cap of a generated rewrite (it runs only while the model is idle)."""
     mining_delay_s: float = 1.0
     """Wait this long after an answer before mining, so a burst of turns is mined once."""
+    rewrite_idle_s: float = 30.0
+    """Generate pending rewrites only after the user has sent nothing for this long: a rewrite
+    uses the model, and one still running when a message arrives delays its first token."""
 
 
 @dataclass(frozen=True)
@@ -222,6 +225,7 @@ def _validate(config: Config) -> None:
         (lc.rewrite_samples >= 1, "learning.rewrite_samples", lc.rewrite_samples, "at least 1"),
         (lc.rewrite_max_tokens >= 8, "learning.rewrite_max_tokens", lc.rewrite_max_tokens, "at least 8"),
         (lc.mining_delay_s >= 0, "learning.mining_delay_s", lc.mining_delay_s, "0 or more"),
+        (lc.rewrite_idle_s >= 0, "learning.rewrite_idle_s", lc.rewrite_idle_s, "0 or more"),
         (m.n_ctx >= 256, "model.n_ctx", m.n_ctx, "at least 256"),
         (m.n_threads >= 0, "model.n_threads", m.n_threads, "0 (auto) or more"),
         (m.n_batch >= 1, "model.n_batch", m.n_batch, "at least 1"),

@@ -265,11 +265,14 @@ class Miner:
             try:
                 persona = self.store.active_persona(user_id)
                 report = await asyncio.to_thread(mine, self.store, user_id, persona.version if persona else None)
-                if report.pending:
-                    await asyncio.to_thread(
-                        rewrite_pending, self.store, user_id, lambda m: self._generate(m, loop),
-                        self.config.rewrite_samples,
-                    )
+                if report.pending or self.store.pairs(user_id, status="pending"):
+                    if time.monotonic() - self._last_request >= self.config.rewrite_idle_s:
+                        await asyncio.to_thread(
+                            rewrite_pending, self.store, user_id, lambda m: self._generate(m, loop),
+                            self.config.rewrite_samples,
+                        )
+                    if self.store.pairs(user_id, status="pending"):
+                        loop.call_later(self.config.rewrite_idle_s, self.notify, user_id)
                 self.last_report = report
             except Exception:  # boundary: a failed mining run must never disturb serving
                 log.exception("mining failed for user %s", user_id)
@@ -279,6 +282,8 @@ class Miner:
         """Called from the mining thread: one sample, or None when the model is wanted."""
         if self.queue.busy or self.queue.waiting:
             return None
+        if time.monotonic() - self._last_request < self.config.rewrite_idle_s:
+            return None  # the user is back: rewrites wait for the next quiet spell
         return asyncio.run_coroutine_threadsafe(self._sample(messages), loop).result()
 
     async def _sample(self, messages: list[dict[str, str]]) -> str | None:
@@ -290,7 +295,7 @@ class Miner:
         except RlhiError:
             return None
         params = SamplingParams(max_tokens=self.config.rewrite_max_tokens, temperature=0.8)
-        job = self._background = self.queue.submit(prompt, params)
+        job = self._background = self.queue.submit(prompt, params, background=True)
         try:
             finish = await job.wait()
         except RlhiError:
@@ -300,6 +305,6 @@ class Miner:
         return finish.text if finish.finish_reason != "cancelled" else None
 
     async def idle(self) -> None:
-        """Wait until no mining is scheduled or running (for tests and shutdown)."""
-        while self._handle is not None or (self._task is not None and not self._task.done()):
+        """Wait until no mining run is in progress (a scheduled one may still come)."""
+        while self._task is not None and not self._task.done():
             await asyncio.sleep(0.05)

@@ -78,7 +78,8 @@ def stop_thread_daemon(running: RunningDaemon) -> None:
 @pytest.fixture(scope="session")
 def daemon() -> Iterator[RunningDaemon]:
     home = Path(tempfile.mkdtemp(prefix="rhd", dir="/tmp"))
-    running = start_thread_daemon(home)
+    # Rewrites after 2 quiet seconds (30 by default) so the background-learning test is quick.
+    running = start_thread_daemon(home, {"learning": {"rewrite_idle_s": 2.0}})
     yield running
     stop_thread_daemon(running)
     shutil.rmtree(home, ignore_errors=True)

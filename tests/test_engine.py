@@ -124,3 +124,15 @@ def test_the_persona_card_reaches_the_prompt_in_the_system_turn(engine: Engine) 
     assert text.startswith(f"<|im_start|>system\n{card}<|im_end|>")
     both = engine._llm.detokenize(engine.render(with_persona([{"role": "system", "content": "Be kind."}, *Q], card, "ignored?")), special=True).decode()
     assert f"Be kind.\n\nignored?\n\n{card}" in both
+
+
+def test_a_side_job_leaves_the_conversation_cache_as_it_was(engine: Engine) -> None:
+    long_q = [{"role": "user", "content": "Describe, in detail, how a bicycle works, part by part."}]
+    _, before = run(engine, SamplingParams(max_tokens=30, temperature=0), messages=long_q)
+    n, ids = engine._llm.n_tokens, list(engine._llm.input_ids[: engine._llm.n_tokens])
+    with engine.keep_cache():
+        run(engine, SamplingParams(max_tokens=20, temperature=0), messages=[{"role": "user", "content": "Rewrite: hi"}])
+        assert list(engine._llm.input_ids[:5]) != ids[:5] or engine._llm.n_tokens != n
+    assert engine._llm.n_tokens == n and list(engine._llm.input_ids[:n]) == ids
+    _, after = run(engine, SamplingParams(max_tokens=30, temperature=0), messages=long_q)
+    assert after.text == before.text  # the restored cells give the same greedy answer

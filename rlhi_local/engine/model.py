@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import codecs
 import logging
+from contextlib import contextmanager
 import os
 import random
 import threading
@@ -146,6 +147,35 @@ class Engine:
 
     def close(self) -> None:
         self._llm.close()
+
+    @contextmanager
+    def keep_cache(self) -> Iterator[None]:
+        """Run a side job (a background rewrite) without losing the conversation's KV cache.
+
+        llama.cpp keeps one prompt's cache; a side job would evict it and the next chat turn
+        would re-read its whole prompt. The sequence's KV cells are copied out and put back.
+        """
+        import ctypes
+
+        import llama_cpp
+
+        llm = self._llm
+        ctx = llm._ctx.ctx
+        n = llm.n_tokens
+        ids = llm.input_ids[:n].copy()
+        size = llama_cpp.llama_state_seq_get_size(ctx, 0)
+        buf = (ctypes.c_uint8 * size)()
+        saved = n > 0 and llama_cpp.llama_state_seq_get_data(ctx, buf, size, 0) == size
+        try:
+            yield
+        finally:
+            llm._ctx.kv_cache_seq_rm(-1, 0, -1)
+            if saved and llama_cpp.llama_state_seq_set_data(ctx, buf, size, 0) == size:
+                llm.n_tokens = n
+                llm.input_ids[:n] = ids
+                llm._requires_eval = True  # the logits are not restored: replay the last token
+            else:
+                llm.reset()
 
     # -- prompt ------------------------------------------------------------------------------
 

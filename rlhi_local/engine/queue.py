@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from contextlib import nullcontext
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Callable
@@ -34,6 +35,8 @@ class Job:
     cancel_event: threading.Event = field(default_factory=threading.Event)
     finish: Finish | None = None
     error: BaseException | None = None
+    background: bool = False
+    """A side job (learning): it keeps the chat's KV cache intact (`Engine.keep_cache`)."""
     text_parts: list[str] = field(default_factory=list)
     """The text generated so far (kept for an answer that fails half-way)."""
     _pieces: asyncio.Queue[object] = field(default_factory=asyncio.Queue)
@@ -111,9 +114,10 @@ class RequestQueue:
         prompt: list[int],
         params: SamplingParams,
         on_finish: Callable[[Job], None] | None = None,
+        background: bool = False,
     ) -> Job:
         """Start a reserved job; `on_finish` runs on the loop once it ended, whatever happened."""
-        job = Job(prompt=prompt, params=params)
+        job = Job(prompt=prompt, params=params, background=background)
         self._jobs.add(job)
         asyncio.get_running_loop().create_task(self._run(job, on_finish))
         return job
@@ -148,12 +152,13 @@ class RequestQueue:
             job.finish = Finish("cancelled", len(job.prompt), 0, "")
             return
         try:
-            for item in self.engine.generate(job.prompt, job.params, job.cancel_event):
-                if isinstance(item, Piece):
-                    job.text_parts.append(item.text)
-                    loop.call_soon_threadsafe(job._pieces.put_nowait, item.text)
-                else:
-                    job.finish = item
+            with self.engine.keep_cache() if job.background else nullcontext():
+                for item in self.engine.generate(job.prompt, job.params, job.cancel_event):
+                    if isinstance(item, Piece):
+                        job.text_parts.append(item.text)
+                        loop.call_soon_threadsafe(job._pieces.put_nowait, item.text)
+                    else:
+                        job.finish = item
         except Exception as exc:  # boundary: reported through the job
             job.error = exc
             log.exception("engine failed")
