@@ -143,7 +143,6 @@ def main() -> None:
             }
             for name, xs in samples.items()
         }
-        del default, matched
         idle_rss = rss_mb(proc.pid)
         inproc_rss = inproc_rss_mb(str(spec.path))
         inproc_matched_rss = inproc_rss_mb(str(spec.path), n_ctx=config.model.n_ctx, n_threads=n_threads,

@@ -142,7 +142,7 @@ def socket_path(config: Config) -> Path:
     return runtime_dir() / "rlhi.sock"
 
 
-_SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
+_SECTIONS = [f.name for f in dataclasses.fields(Config)]
 
 
 def _coerce(key: str, value: Any, annotation: str) -> Any:
@@ -195,7 +195,7 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, str]]:
 
 def _merge(layers: list[Mapping[str, Any]]) -> Config:
     sections: dict[str, Any] = {}
-    for section_name, section_type in _SECTIONS.items():
+    for section_name in _SECTIONS:
         cls = get_type_hints(Config)[section_name]
         hints = {f.name: str(f.type) for f in dataclasses.fields(cls)}
         values: dict[str, Any] = {}

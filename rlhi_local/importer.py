@@ -149,8 +149,7 @@ def import_file(store: Store, path: Path, user_id: str = "local", learn: bool = 
         report.conversations += 1 if placed.new_message_ids else 0
         report.messages += len(placed.new_message_ids)
     if learn and report.messages:
-        persona = store.active_persona(user_id)
-        report.mining = mine(store, user_id, persona.version if persona else None)
+        report.mining = mine(store, user_id)
     log.info("imported %s: conversations=%d messages=%d problems=%d", path, report.conversations,
              report.messages, len(report.problems))
     return report

@@ -158,7 +158,8 @@ def refresh_persona(store: Store, user_id: str) -> Persona | None:
 
 def mine(store: Store, user_id: str, persona_version: int | None = None) -> MiningReport:
     """Label new follow-ups, refresh the persona, build new pairs (with the persona version
-    they will train with) for one user; returns what changed."""
+    they will train with) for one user; returns what changed. `persona_version` is used only
+    while the user has no persona yet."""
     report = MiningReport(persona_version=persona_version)
     label_backlog(store, user_id, report)
     persona = refresh_persona(store, user_id)
@@ -263,8 +264,7 @@ class Miner:
         loop = asyncio.get_running_loop()
         for user_id in sorted(users):
             try:
-                persona = self.store.active_persona(user_id)
-                report = await asyncio.to_thread(mine, self.store, user_id, persona.version if persona else None)
+                report = await asyncio.to_thread(mine, self.store, user_id)
                 if report.pending or self.store.pairs(user_id, status="pending"):
                     if time.monotonic() - self._last_request >= self.config.rewrite_idle_s:
                         await asyncio.to_thread(

@@ -167,8 +167,7 @@ def create_app(state: AppState, token: str | None = None) -> FastAPI:
     async def mine_now(user: str = Query(DEFAULT_USER, pattern=ID_PATTERN)) -> dict[str, object]:
         """Label follow-ups and build pairs for the user now (normally done in the background)."""
         await state.miner.idle()
-        persona = state.store.active_persona(user)
-        report = await asyncio.to_thread(mine, state.store, user, persona.version if persona else None)
+        report = await asyncio.to_thread(mine, state.store, user)
         return {"labelled": report.labelled, "added": dict(report.added),
                 "dropped": dict(report.dropped), "pending": report.pending}
 

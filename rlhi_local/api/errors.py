@@ -60,7 +60,7 @@ def rlhi_error_response(exc: RlhiError) -> JSONResponse:
         return error_response(503, str(exc), code="queue_full", headers={"Retry-After": "1"})
     if isinstance(exc, StoreError):
         log.error("store error: %s", exc)
-        return error_response(507 if "full" in str(exc).lower() else 500, str(exc), code="store_error")
+        return error_response(500, str(exc), code="store_error")
     if isinstance(exc, EngineError):
         return error_response(500, str(exc), code="engine_error")
     return error_response(500, str(exc), code="internal_error")

@@ -15,7 +15,7 @@ import os
 import random
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
 from ..config import ModelConfig
@@ -91,7 +91,6 @@ class Finish:
     text: str
     ttft_ms: float | None = None
     latency_ms: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Engine:
@@ -191,9 +190,6 @@ class Engine:
         if len(tokens) >= self.n_ctx:
             raise ContextLengthError(len(tokens), self.n_ctx)
         return tokens
-
-    def count_tokens(self, text: str) -> int:
-        return len(self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=False))
 
     # -- generation --------------------------------------------------------------------------
 

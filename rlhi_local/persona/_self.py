@@ -8,7 +8,7 @@ Lyon", "my kids", "I'm new to Python". Possessives ("my kids") also count inside
 from __future__ import annotations
 
 import re
-from typing import Callable
+from typing import Callable, Final
 
 from . import _lexicon as lx
 from ._text import guarded, slug, statements
