@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from ..errors import NotFoundError
 from ..records import Message, Pair, PairOrigin, PairStatus, Persona
+from ._ids import utc_now, new_id
 
 if TYPE_CHECKING:
     from contextlib import AbstractContextManager
@@ -121,15 +122,13 @@ class SignalsMixin:
         self, user_id: str, message_id: str, followup_id: str, kind: str, actionable: bool,
         instruction: str, confidence: float, detector_version: str,
     ) -> None:
-        from ._store import _now, new_id
-
         with self._atomic() as db:
             db.execute(
                 "INSERT OR IGNORE INTO feedback (id, user_id, message_id, followup_id, kind, source, "
                 "actionable, instruction, confidence, detector_version, created_at) "
                 "VALUES (?, ?, ?, ?, ?, 'detector', ?, ?, ?, ?, ?)",
                 [new_id("fb"), user_id, message_id, followup_id, kind, int(actionable), instruction,
-                 confidence, detector_version, _now()],
+                 confidence, detector_version, utc_now()],
             )
 
     def detector_labels(self, user_id: str, detector_version: str) -> list[DetectorLabel]:
@@ -171,8 +170,6 @@ class SignalsMixin:
         status: PairStatus, reason: str = "", quality: float | None = None,
     ) -> str | None:
         """Insert a pair unless the same one (origin, both sides, feedback) exists; its id or None."""
-        from ._store import _now, new_id
-
         with self._atomic() as db:
             exists = db.execute(
                 "SELECT 1 FROM pairs WHERE origin = ? AND rejected_message_id = ? "
@@ -186,7 +183,7 @@ class SignalsMixin:
                 f"INSERT INTO pairs ({_PAIR}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [pair_id, user_id, conversation_id, json.dumps(list(prompt), ensure_ascii=False),
                  persona_version, chosen, rejected, chosen_message_id, rejected_message_id, feedback_id,
-                 origin, instruction, quality, status, reason, _now()],
+                 origin, instruction, quality, status, reason, utc_now()],
             )
             return pair_id
 
@@ -233,17 +230,15 @@ class SignalsMixin:
 
     def add_persona(self, user_id: str, card: str, facts: str, source: str) -> Persona:
         """A new persona version (the newest is active)."""
-        from ._store import _now, new_id
-
         with self._atomic() as db:
-            db.execute("INSERT OR IGNORE INTO users (id, created_at) VALUES (?, ?)", [user_id, _now()])
+            db.execute("INSERT OR IGNORE INTO users (id, created_at) VALUES (?, ?)", [user_id, utc_now()])
             version = db.execute(
                 "SELECT coalesce(max(version), 0) + 1 FROM personas WHERE user_id = ?", [user_id]
             ).fetchone()[0]
             db.execute(
                 "INSERT INTO personas (id, user_id, version, card, facts, source, created_at) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [new_id("persona"), user_id, version, card, facts, source, _now()],
+                [new_id("persona"), user_id, version, card, facts, source, utc_now()],
             )
         persona = self.active_persona(user_id)
         assert persona is not None

@@ -7,16 +7,12 @@ a resent history stores only what is new, and a divergent one becomes a branch.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
-import secrets
 import sqlite3
 import threading
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -24,6 +20,7 @@ from sqlite_utils import Database
 
 from ..errors import InvalidRequestError, NotFoundError, StoreError
 from ..records import Conversation, Message, NewMessage, Origin, Status, User, UserFeedbackKind
+from ._ids import utc_now, new_id, path_hash
 from ._signals import SignalsMixin
 from .migrations import migrations
 
@@ -36,24 +33,6 @@ _MESSAGE_COLUMNS = (
     "model_fingerprint, adapter_version, prompt_tokens, completion_tokens, ttft_ms, latency_ms, "
     "finish_reason"
 )
-
-
-def new_id(prefix: str) -> str:
-    """A time-ordered, unguessable id such as `msg_18a3f0c2b1d4e5f6a7b8c9d0`."""
-    return f"{prefix}_{time.time_ns() // 1000:014x}{secrets.token_hex(5)}"
-
-
-def path_hash(parent_hash: str, role: str, content: str) -> str:
-    """Hash of a turn and everything before it: equal hashes mean equal histories."""
-    h = hashlib.sha256()
-    for part in (parent_hash, role, content):
-        h.update(part.encode("utf-8", "surrogatepass"))
-        h.update(b"\x1f")
-    return h.hexdigest()
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
 @dataclass(frozen=True)
@@ -142,7 +121,7 @@ class Store(SignalsMixin):
 
     def _ensure_user_in_transaction(self, db: Database, user_id: str) -> None:
         db.execute(
-            "INSERT OR IGNORE INTO users (id, created_at) VALUES (?, ?)", [user_id, _now()]
+            "INSERT OR IGNORE INTO users (id, created_at) VALUES (?, ?)", [user_id, utc_now()]
         )
 
     def get_user(self, user_id: str) -> User | None:
@@ -188,7 +167,7 @@ class Store(SignalsMixin):
         with self._atomic() as db:
             cursor = db.execute(
                 "UPDATE conversations SET title = ?, updated_at = ? WHERE id = ? AND user_id = ?",
-                [title, _now(), conversation_id, user_id],
+                [title, utc_now(), conversation_id, user_id],
             )
             if cursor.rowcount == 0:
                 raise NotFoundError(f"No conversation {conversation_id!r} for user {user_id!r}.")
@@ -230,7 +209,7 @@ class Store(SignalsMixin):
                 ).fetchone()
                 parent_hash = row[0] if row else ""
             edit_id = new_id("msg")
-            now = _now()
+            now = utc_now()
             db.execute(
                 "INSERT INTO messages (id, conversation_id, parent_id, role, content, origin, status, "
                 "path_hash, created_at) VALUES (?, ?, ?, 'assistant', ?, 'user_edit', 'complete', ?, ?)",
@@ -294,7 +273,7 @@ class Store(SignalsMixin):
         db.execute(
             "INSERT INTO feedback (id, user_id, message_id, followup_id, kind, source, created_at) "
             "VALUES (?, ?, ?, ?, ?, 'user', ?)",
-            [feedback_id, user_id, message_id, followup_id, kind, _now()],
+            [feedback_id, user_id, message_id, followup_id, kind, utc_now()],
         )
         return feedback_id
 
@@ -334,7 +313,7 @@ class Store(SignalsMixin):
             hashes.append(parent)
         with self._atomic() as db:
             self._ensure_user_in_transaction(db, user_id)
-            now = _now()
+            now = utc_now()
             if conversation_id is not None:
                 owner = db.execute(
                     "SELECT user_id FROM conversations WHERE id = ?", [conversation_id]
@@ -380,7 +359,7 @@ class Store(SignalsMixin):
                 new_ids.append(msg_id)
                 parent_id = msg_id
             answer_origin: Origin = (
-                "regenerate" if self._has_answer(db, parent_id, conversation_id) else "model"
+                "regenerate" if self._has_answer(db, parent_id) else "model"
             )
             if imported:
                 db.execute("UPDATE conversations SET updated_at = ? WHERE id = ?", [now, conversation_id])
@@ -459,7 +438,7 @@ class Store(SignalsMixin):
         return row[0] if row else None
 
     @staticmethod
-    def _has_answer(db: Database, parent_id: str | None, conversation_id: str) -> bool:
+    def _has_answer(db: Database, parent_id: str | None) -> bool:
         if parent_id is None:
             return False
         return (
