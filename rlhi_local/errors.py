@@ -10,7 +10,8 @@ ever catch these. Each message names the value, the limit and the fix.
     │   ├── ModelNotFoundError     the GGUF file (or the embedded wheel) is missing
     │   └── ModelCorruptError      the file is not a loadable GGUF
     ├── EngineError            llama.cpp failed while generating
-    │   └── ContextLengthError     the prompt does not fit in the context window
+    │   ├── ContextLengthError     the prompt does not fit in the context window
+    │   └── AdapterError           a LoRA adapter file cannot be loaded onto the model
     ├── BusyError              the request queue is full; try again later
     ├── StoreError             the SQLite store cannot be read or written
     │   └── NotFoundError          a conversation or message id is unknown (for this user)
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 __all__ = [
     "APIError",
+    "AdapterError",
     "BusyError",
     "ConfigError",
     "ContextLengthError",
@@ -78,6 +80,13 @@ class ContextLengthError(EngineError):
             f"(and at least one token must be left for the answer). Shorten the conversation "
             f"or start a new one, or raise model.n_ctx if the model supports more."
         )
+
+
+class AdapterError(EngineError):
+    """llama.cpp refused a LoRA adapter (missing, truncated, or made for another model).
+
+    The engine stays on the adapter it had, so it keeps answering; the message names the file.
+    """
 
 
 class BusyError(RlhiError):

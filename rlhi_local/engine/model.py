@@ -4,6 +4,9 @@ One `Engine` owns one `llama_cpp.Llama`. It is not thread-safe: `RequestQueue` c
 from a single worker thread, one request at a time. The KV cache keeps the last prompt, so a
 conversation that grows turn by turn re-evaluates only its new tokens; memory stays at one
 context's worth whatever the number of conversations.
+
+A LoRA adapter can be swapped in between requests (`set_adapter`); the KV cache is dropped on a
+swap because it was computed under the old weights.
 """
 
 from __future__ import annotations
@@ -15,11 +18,13 @@ import os
 import random
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from ..config import ModelConfig
-from ..errors import ContextLengthError, EngineError, ModelCorruptError
+from ..errors import AdapterError, ContextLengthError, EngineError, ModelCorruptError
 from ..models import ModelSpec, check_gguf
 
 __all__ = ["Engine", "Finish", "Piece", "SamplingParams", "physical_cores"]
@@ -32,6 +37,9 @@ CHATML_TEMPLATE = (
     " + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}"
     "{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
+
+MAX_LOADED_ADAPTERS = 4
+"""Adapters kept loaded for quick swaps back; a LoRA of a small model is a few MB each."""
 
 
 def physical_cores() -> int:
@@ -127,6 +135,10 @@ class Engine:
             eos_token=self._llm._model.token_get_text(eos_id) if eos_id != -1 else "",
             bos_token=self._llm._model.token_get_text(bos_id) if bos_id != -1 else "",
         )
+        self._adapters: OrderedDict[Path, Any] = OrderedDict()
+        """Loaded adapters by resolved path, least recently used first."""
+        self._active: tuple[Path, float] | None = None
+        """The adapter (path, scale) on the context, None for the base model."""
         self.load_seconds = time.perf_counter() - started
         log.info(
             "model loaded id=%s n_ctx=%d threads=%d flash_attn=%s in %.2fs",
@@ -145,7 +157,77 @@ class Engine:
         )
 
     def close(self) -> None:
+        import llama_cpp
+
+        if self._adapters:
+            # Take them off the context before freeing them: it holds their pointers.
+            llama_cpp.llama_set_adapters_lora(self._llm._ctx.ctx, None, 0, None)
+            self._active = None
+        while self._adapters:
+            llama_cpp.llama_adapter_lora_free(self._adapters.popitem()[1])
         self._llm.close()
+
+    # -- adapters ----------------------------------------------------------------------------
+
+    @property
+    def adapter(self) -> Path | None:
+        """The active LoRA adapter (resolved path), or None for the base model."""
+        return self._active[0] if self._active else None
+
+    def set_adapter(self, path: Path | None, scale: float = 1.0) -> bool:
+        """Answer with the LoRA adapter at `path` from now on (None: the base model).
+
+        Returns whether the active adapter changed. A change drops the KV cache: llama.cpp would
+        otherwise reuse the KV of a matching prompt prefix, computed under the old weights, and
+        answer with a mix of both. Setting the same adapter again keeps the cache. Call it between
+        requests, never during `generate`. An unloadable file raises `AdapterError` and leaves
+        the engine as it was (same adapter, same cache).
+        """
+        want = None if path is None else (Path(path).resolve(), float(scale))
+        if want == self._active:
+            return False
+        self._apply(want)
+        self._llm._ctx.kv_cache_seq_rm(-1, 0, -1)
+        self._llm.reset()  # n_tokens = 0: the next prompt is evaluated from scratch
+        return True
+
+    def _apply(self, want: tuple[Path, float] | None) -> None:
+        """Put `want` on the context; the caller decides what happens to the KV cache."""
+        import ctypes
+
+        import llama_cpp
+
+        ctx = self._llm._ctx.ctx
+        if want is None:
+            rc = llama_cpp.llama_set_adapters_lora(ctx, None, 0, None)
+        else:
+            adapters = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(self._load_adapter(want[0]))
+            rc = llama_cpp.llama_set_adapters_lora(ctx, adapters, 1, (ctypes.c_float * 1)(want[1]))
+        if rc != 0:
+            raise AdapterError(f"llama.cpp could not activate the adapter {want[0] if want else None}.")
+        self._active = want
+
+    def _load_adapter(self, path: Path) -> Any:
+        """The loaded adapter for `path`, loading it (and evicting an idle one) if needed."""
+        import llama_cpp
+
+        if path in self._adapters:
+            self._adapters.move_to_end(path)
+            return self._adapters[path]
+        # llama.cpp returns NULL (a false pointer, not None) for any file it cannot use.
+        adapter = llama_cpp.llama_adapter_lora_init(self._llm._model.model, str(path).encode())
+        if not adapter:
+            current = self._active[0] if self._active else "the base model"
+            raise AdapterError(
+                f"llama.cpp cannot load the LoRA adapter {path}: the file is missing, truncated, "
+                f"or was trained for another model than {self.spec.id}. Still answering with "
+                f"{current}. Roll back with `rlhi adapters rollback`, or train the adapter again."
+            )
+        idle = [p for p in self._adapters if p != self.adapter]  # oldest first; never the active one
+        while idle and len(self._adapters) >= MAX_LOADED_ADAPTERS:
+            llama_cpp.llama_adapter_lora_free(self._adapters.pop(idle.pop(0)))
+        self._adapters[path] = adapter
+        return adapter
 
     @contextmanager
     def keep_cache(self) -> Iterator[None]:
@@ -153,6 +235,8 @@ class Engine:
 
         llama.cpp keeps one prompt's cache; a side job would evict it and the next chat turn
         would re-read its whole prompt. The sequence's KV cells are copied out and put back.
+        The side job may switch adapter: the chat's adapter comes back with its KV (which was
+        computed under it), without the reset a `set_adapter` would do.
         """
         import ctypes
 
@@ -165,10 +249,17 @@ class Engine:
         size = llama_cpp.llama_state_seq_get_size(ctx, 0)
         buf = (ctypes.c_uint8 * size)()
         saved = n > 0 and llama_cpp.llama_state_seq_get_data(ctx, buf, size, 0) == size
+        adapter = self._active
         try:
             yield
         finally:
             llm._ctx.kv_cache_seq_rm(-1, 0, -1)
+            if self._active != adapter:
+                try:
+                    self._apply(adapter)
+                except AdapterError:  # evicted and its file gone since: re-read the prompt
+                    log.exception("could not restore the chat's adapter")
+                    saved = False
             if saved and llama_cpp.llama_state_seq_set_data(ctx, buf, size, 0) == size:
                 llm.n_tokens = n
                 llm.input_ids[:n] = ids

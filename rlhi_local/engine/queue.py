@@ -3,7 +3,8 @@
 Requests wait on an asyncio lock (FIFO in CPython) and are served whole, never interleaved. The
 generation itself runs on one dedicated worker thread so the event loop keeps accepting
 connections; pieces cross back to the loop with `call_soon_threadsafe`. Over `max_waiting`
-waiting requests, `reserve` raises `BusyError` (the API answers 503).
+waiting requests, `reserve` raises `BusyError` (the API answers 503). Each job names its LoRA
+adapter; the worker switches to it before generating, so a swap never lands mid-answer.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import threading
 from contextlib import nullcontext
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import AsyncIterator, Callable
 
 from ..errors import BusyError, EngineError
@@ -37,6 +39,9 @@ class Job:
     error: BaseException | None = None
     background: bool = False
     """A side job (learning): it keeps the chat's KV cache intact (`Engine.keep_cache`)."""
+    adapter: Path | None = None
+    """The LoRA adapter to answer with (None: the base model). Once the job started, the resolved
+    path of the adapter that actually produced the answer (`Engine.adapter`)."""
     text_parts: list[str] = field(default_factory=list)
     """The text generated so far (kept for an answer that fails half-way)."""
     _pieces: asyncio.Queue[object] = field(default_factory=asyncio.Queue)
@@ -115,9 +120,10 @@ class RequestQueue:
         params: SamplingParams,
         on_finish: Callable[[Job], None] | None = None,
         background: bool = False,
+        adapter: Path | None = None,
     ) -> Job:
         """Start a reserved job; `on_finish` runs on the loop once it ended, whatever happened."""
-        job = Job(prompt=prompt, params=params, background=background)
+        job = Job(prompt=prompt, params=params, background=background, adapter=adapter)
         self._jobs.add(job)
         asyncio.get_running_loop().create_task(self._run(job, on_finish))
         return job
@@ -153,6 +159,9 @@ class RequestQueue:
             return
         try:
             with self.engine.keep_cache() if job.background else nullcontext():
+                # Inside keep_cache: the chat's KV is saved before a swap drops it.
+                self.engine.set_adapter(job.adapter)
+                job.adapter = self.engine.adapter
                 for item in self.engine.generate(job.prompt, job.params, job.cancel_event):
                     if isinstance(item, Piece):
                         job.text_parts.append(item.text)
