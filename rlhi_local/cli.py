@@ -21,6 +21,7 @@ from . import __version__
 from .config import Config, data_dir, load_config, socket_path
 from .errors import DaemonError, RlhiError
 from .signals_cli import signals
+from .train_cli import adapters, train
 
 __all__ = ["cli", "ensure_daemon"]
 
@@ -400,3 +401,5 @@ def models(ctx: click.Context, as_json: bool) -> None:
     click.echo(json.dumps(row, indent=2) if as_json else f"{spec.id}  {spec.path}  sha256:{spec.fingerprint[:16]}")
 
 cli.add_command(signals)
+cli.add_command(train)
+cli.add_command(adapters)

@@ -248,6 +248,32 @@ class Client:
         params = {k: v for k, v in (("user", user), ("status", status)) if v}
         return list(self._request("GET", "/v1/pairs", params=params)["data"])
 
+    def train(self, user: str | None = None, now: bool = True) -> dict[str, Any]:
+        """Start a training run (`now`, or once you are idle); returns the run to poll."""
+        return dict(self._request("POST", "/v1/train", json={"user": user, "now": now}))
+
+    def train_run(self, run_id: str) -> dict[str, Any]:
+        """A run's status, live `progress` (step, total, loss, eta_s) and final `metrics`."""
+        return dict(self._request("GET", f"/v1/train/{run_id}"))
+
+    def train_runs(self, user: str | None = None) -> list[dict[str, Any]]:
+        """The user's recent training runs, newest first."""
+        return list(self._request("GET", "/v1/train", params={"user": user} if user else {})["data"])
+
+    def cancel_training(self, run_id: str) -> dict[str, Any]:
+        return dict(self._request("DELETE", f"/v1/train/{run_id}"))
+
+    def adapters(self, user: str | None = None) -> dict[str, Any]:
+        """`{"active": version or None, "data": [adapter, ...]}` with metrics and reasons."""
+        return dict(self._request("GET", "/v1/adapters", params={"user": user} if user else {}))
+
+    def activate_adapter(self, version: int, user: str | None = None) -> dict[str, Any]:
+        return dict(self._request("POST", f"/v1/adapters/{version}/activate", params={"user": user} if user else {}))
+
+    def rollback_adapter(self, user: str | None = None) -> dict[str, Any]:
+        """Serve the adapter that was active before the current one (or the base)."""
+        return dict(self._request("POST", "/v1/adapters/rollback", params={"user": user} if user else {}))
+
 
 class AsyncClient:
     """Asynchronous client over the Unix socket (the TUI uses this one)."""
@@ -340,6 +366,21 @@ class AsyncClient:
     async def set_persona(self, facts: Sequence[Mapping[str, Any]], user: str | None = None) -> dict[str, Any]:
         return dict(await self._request("PUT", "/v1/persona", json={"facts": list(facts)},
                                         params={"user": user} if user else {}))
+
+    async def train(self, user: str | None = None, now: bool = True) -> dict[str, Any]:
+        return dict(await self._request("POST", "/v1/train", json={"user": user, "now": now}))
+
+    async def train_run(self, run_id: str) -> dict[str, Any]:
+        return dict(await self._request("GET", f"/v1/train/{run_id}"))
+
+    async def train_runs(self, user: str | None = None) -> list[dict[str, Any]]:
+        return list((await self._request("GET", "/v1/train", params={"user": user} if user else {}))["data"])
+
+    async def adapters(self, user: str | None = None) -> dict[str, Any]:
+        return dict(await self._request("GET", "/v1/adapters", params={"user": user} if user else {}))
+
+    async def rollback_adapter(self, user: str | None = None) -> dict[str, Any]:
+        return dict(await self._request("POST", "/v1/adapters/rollback", params={"user": user} if user else {}))
 
 
 def ensure_daemon(socket: str | Path | None = None, wait_s: float = 120.0,

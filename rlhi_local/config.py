@@ -23,6 +23,8 @@ __all__ = [
     "LearningConfig",
     "ModelConfig",
     "ServerConfig",
+    "TrainingConfig",
+    "cache_dir",
     "config_path",
     "data_dir",
     "load_config",
@@ -92,11 +94,52 @@ class LearningConfig:
 
 
 @dataclass(frozen=True)
+class TrainingConfig:
+    """LoRA + DPO training and the promotion gate. Defaults are what DESIGN §7 measured to
+    learn on the embedded 135M model without degenerating."""
+
+    backend: str = "auto"
+    """auto (CUDA > Apple MLX > CPU), cuda, mlx or cpu."""
+    threads: int = 0
+    """CPU threads for training. 0: the physical cores."""
+    memory_mb: int = 4096
+    """The training process is stopped if its memory passes this (serving keeps its own)."""
+    min_pairs: int = 8
+    """Ready pairs needed before a run starts."""
+    heldout_fraction: float = 0.2
+    """Share of pairs kept out of training for the gate (at least 2 when there are enough)."""
+    rank: int = 16
+    alpha: float = 32.0
+    targets: str = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+    """Modules that get LoRA weights (Hugging Face names, comma-separated)."""
+    beta: float = 0.1
+    """DPO temperature."""
+    nll_weight: float = 1.0
+    """Weight of the NLL term on the chosen answer: plain DPO degenerates a small model."""
+    lr: float = 1e-4
+    epochs: int = 2
+    batch_size: int = 4
+    max_len: int = 512
+    """Tokens per training sequence (the prompt loses its oldest tokens first)."""
+    min_accuracy: float = 0.55
+    """Gate: share of held-out pairs the candidate must prefer correctly (vs the base)."""
+    max_kl: float = 0.3
+    """Gate: mean per-token KL from the base on the neutral regression set (nats)."""
+    max_ppl_ratio: float = 1.5
+    """Gate: perplexity of the regression answers under the candidate / under the base."""
+    min_export_correlation: float = 0.95
+    """Gate: llama.cpp + exported adapter must move the logits as torch + adapter does."""
+    cache_dir: str | None = None
+    """Where converted base weights are cached. Unset: `cache/` in the data dir."""
+
+
+@dataclass(frozen=True)
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     learning: LearningConfig = field(default_factory=LearningConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
 
 
 def _home() -> Path | None:
@@ -122,6 +165,13 @@ def data_dir() -> Path:
     import platformdirs
 
     return Path(platformdirs.user_data_dir(APP_NAME))
+
+
+def cache_dir(config: Config) -> Path:
+    """Converted base weights and other rebuildable files."""
+    if config.training.cache_dir:
+        return Path(config.training.cache_dir).expanduser()
+    return data_dir() / "cache"
 
 
 def runtime_dir() -> Path:
@@ -220,8 +270,27 @@ def _merge(layers: list[Mapping[str, Any]]) -> Config:
 
 
 def _validate(config: Config) -> None:
-    m, s, g, lc = config.model, config.server, config.generation, config.learning
+    m, s, g, lc, t = config.model, config.server, config.generation, config.learning, config.training
     checks = [
+        (t.backend in {"auto", "cuda", "mlx", "cpu"}, "training.backend", t.backend, "auto, cuda, mlx or cpu"),
+        (t.threads >= 0, "training.threads", t.threads, "0 (auto) or more"),
+        (t.memory_mb >= 256, "training.memory_mb", t.memory_mb, "at least 256"),
+        (t.min_pairs >= 2, "training.min_pairs", t.min_pairs, "at least 2"),
+        (0 <= t.heldout_fraction < 1, "training.heldout_fraction", t.heldout_fraction, "from 0 to below 1"),
+        (t.rank >= 1, "training.rank", t.rank, "at least 1"),
+        (t.alpha > 0, "training.alpha", t.alpha, "above 0"),
+        (bool(t.targets.strip()), "training.targets", t.targets, "a comma-separated list of module names"),
+        (t.beta > 0, "training.beta", t.beta, "above 0"),
+        (t.nll_weight >= 0, "training.nll_weight", t.nll_weight, "0 or more"),
+        (0 < t.lr < 1, "training.lr", t.lr, "between 0 and 1"),
+        (t.epochs >= 1, "training.epochs", t.epochs, "at least 1"),
+        (t.batch_size >= 1, "training.batch_size", t.batch_size, "at least 1"),
+        (t.max_len >= 32, "training.max_len", t.max_len, "at least 32"),
+        (0 <= t.min_accuracy <= 1, "training.min_accuracy", t.min_accuracy, "between 0 and 1"),
+        (t.max_kl > 0, "training.max_kl", t.max_kl, "above 0"),
+        (t.max_ppl_ratio >= 1, "training.max_ppl_ratio", t.max_ppl_ratio, "at least 1"),
+        (0 <= t.min_export_correlation <= 1, "training.min_export_correlation", t.min_export_correlation,
+         "between 0 and 1"),
         (lc.rewrite_samples >= 1, "learning.rewrite_samples", lc.rewrite_samples, "at least 1"),
         (lc.rewrite_max_tokens >= 8, "learning.rewrite_max_tokens", lc.rewrite_max_tokens, "at least 8"),
         (lc.mining_delay_s >= 0, "learning.mining_delay_s", lc.mining_delay_s, "0 or more"),

@@ -94,6 +94,7 @@ class Daemon:
         from .mining import Miner
         from .models import resolve_model
         from .store import Store
+        from .training import Trainings
 
         if len(os.fsencode(self.socket_path)) > MAX_SOCKET_PATH:
             raise DaemonError(
@@ -115,8 +116,10 @@ class Daemon:
             raise
         queue = RequestQueue(engine, self.config.server.max_queue)
         miner = Miner(store, queue, self.config.learning)
+        trainings = Trainings(store, self.config, spec, wait_quiet=miner.quiet_for_training)
         self._state = AppState(
-            config=self.config, spec=spec, engine=engine, queue=queue, store=store, miner=miner
+            config=self.config, spec=spec, engine=engine, queue=queue, store=store, miner=miner,
+            trainings=trainings,
         )
         self._bind_unix()
         if self.config.server.tcp_port:
@@ -218,6 +221,7 @@ class Daemon:
         state = self._state
         self._state = None
         if state is not None:
+            state.trainings.close()  # type: ignore[attr-defined]
             state.queue.close()  # type: ignore[attr-defined]
             state.engine.close()  # type: ignore[attr-defined]
             state.store.close()  # type: ignore[attr-defined]

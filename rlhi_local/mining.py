@@ -250,6 +250,12 @@ class Miner:
         idle_for = time.monotonic() - self._last_request
         return not (self.queue.busy or self.queue.waiting) and idle_for >= self.config.mining_delay_s
 
+    def quiet_for_training(self) -> bool:
+        """True once the user has sent nothing for `rewrite_idle_s` and no chat is running:
+        a training run that was not asked for `now` waits for this (called from its thread)."""
+        idle_for = time.monotonic() - self._last_request
+        return not (self.queue.busy or self.queue.waiting) and idle_for >= self.config.rewrite_idle_s
+
     def _start(self) -> None:
         self._handle = None
         if (self._task is not None and not self._task.done()) or not self._quiet():

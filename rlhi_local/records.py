@@ -10,6 +10,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 __all__ = [
+    "Adapter",
+    "AdapterStatus",
     "Conversation",
     "Feedback",
     "FeedbackKind",
@@ -22,6 +24,8 @@ __all__ = [
     "Origin",
     "Role",
     "Status",
+    "TrainRun",
+    "TrainRunStatus",
     "User",
     "UserFeedbackKind",
 ]
@@ -159,3 +163,61 @@ class Persona:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+AdapterStatus = Literal["candidate", "active", "rejected", "retired"]
+TrainRunStatus = Literal["queued", "running", "done", "failed", "cancelled"]
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """One trained LoRA version of a user. `path` is its directory (adapter.gguf for llama.cpp,
+    peft/ for the next gate); `metrics` and `pair_ids` are JSON; `reason` says why it was
+    rejected or retired."""
+
+    id: str
+    user_id: str
+    version: int
+    base_fingerprint: str
+    path: str
+    pair_ids: str
+    metrics: str
+    status: AdapterStatus
+    reason: str
+    run_id: str | None
+    created_at: str
+    activated_at: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        import json
+
+        out = asdict(self)
+        out["pair_ids"] = json.loads(self.pair_ids)
+        out["metrics"] = json.loads(self.metrics)
+        return out
+
+
+@dataclass(frozen=True)
+class TrainRun:
+    """One training job: its backend, progress (the latest event, JSON), metrics and outcome."""
+
+    id: str
+    user_id: str
+    status: TrainRunStatus
+    backend: str
+    pairs: int
+    adapter_version: int | None
+    progress: str
+    metrics: str
+    error: str
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        import json
+
+        out = asdict(self)
+        out["progress"] = json.loads(self.progress or "{}")
+        out["metrics"] = json.loads(self.metrics or "{}")
+        return out

@@ -17,14 +17,19 @@ from pathlib import Path
 from rlhi_local.models import embedded_model_path
 from trainers.base import base_weights
 
-__all__ = ["base_gguf", "shared_base_dir", "shared_cache_dir"]
+__all__ = ["base_gguf", "shared_base_dir", "shared_cache_dir", "shared_cache_root"]
 
 _CACHE_ENV = os.environ.get("RLHI_TEST_CACHE")
 
 
+def shared_cache_root() -> Path:
+    """A `training.cache_dir` for test daemons: they find the converted base in its `base/`."""
+    return Path(_CACHE_ENV) if _CACHE_ENV else Path(tempfile.gettempdir()) / "rlhi-test-cache"
+
+
 def shared_cache_dir() -> Path:
     """Where converted bases are cached for tests (never inside an RLHI_HOME)."""
-    return Path(_CACHE_ENV) if _CACHE_ENV else Path(tempfile.gettempdir()) / "rlhi-test-cache"
+    return shared_cache_root() / "base"
 
 
 def base_gguf() -> Path:

@@ -21,11 +21,13 @@ ALLOWED: dict[str, set[str]] = {
     "models": {"config", "errors"},
     "store": BASE,
     "engine": BASE | {"models"},
-    "api": BASE | {"models", "engine", "store", "mining", "persona", "__init__"},
+    "api": BASE | {"models", "engine", "store", "mining", "persona", "training", "__init__"},
     "mining": BASE | {"engine", "store", "feedback", "persona"},
     "client": {"config", "errors"},
-    "daemon": BASE | {"api", "engine", "mining", "models", "store"},
-    "cli": BASE | {"client", "daemon", "importer", "models", "signals_cli", "store", "__init__"},
+    "daemon": BASE | {"api", "engine", "mining", "models", "store", "training"},
+    "training": BASE | {"models", "persona", "store"},
+    "cli": BASE | {"client", "daemon", "importer", "models", "signals_cli", "store", "train_cli", "__init__"},
+    "train_cli": {"client", "config", "errors"},
     "importer": BASE | {"mining", "store"},
     "feedback": BASE | {"engine"},
     "persona": BASE | {"feedback", "engine"},
@@ -87,13 +89,13 @@ EXPORTS = {
         "AsyncClient", "ChatChunk", "ChatResult", "Client", "default_socket", "ensure_daemon",
     ],
     "rlhi_local.errors": [
-        "APIError", "BusyError", "ConfigError", "ContextLengthError", "DaemonError",
+        "APIError", "AdapterError", "BusyError", "ConfigError", "ContextLengthError", "DaemonError",
         "DaemonRunningError", "EngineError", "InvalidRequestError", "ModelCorruptError", "ModelError",
         "ModelNotFoundError", "NotFoundError", "RlhiError", "StoreError",
     ],
     "rlhi_local.config": [
-        "Config", "GenerationConfig", "LearningConfig", "ModelConfig", "ServerConfig", "config_path", "data_dir",
-        "load_config", "runtime_dir", "socket_path",
+        "Config", "GenerationConfig", "LearningConfig", "ModelConfig", "ServerConfig", "TrainingConfig",
+        "cache_dir", "config_path", "data_dir", "load_config", "runtime_dir", "socket_path",
     ],
     "rlhi_local.store": ["DetectorLabel", "PlacedTurn", "Store", "new_id", "path_hash"],
     "rlhi_local.engine": ["Engine", "Finish", "Job", "Piece", "RequestQueue", "SamplingParams", "physical_cores"],
@@ -104,10 +106,18 @@ EXPORTS = {
         "user_edit_facts", "with_persona",
     ],
     "rlhi_local.records": [
-        "Conversation", "Feedback", "FeedbackKind", "Message", "NewMessage", "Origin", "Pair",
-        "PairOrigin", "PairStatus", "Persona", "Role",
-        "Status", "User", "UserFeedbackKind",
+        "Adapter", "AdapterStatus", "Conversation", "Feedback", "FeedbackKind", "Message", "NewMessage", "Origin",
+        "Pair", "PairOrigin", "PairStatus", "Persona", "Role", "Status", "TrainRun", "TrainRunStatus", "User",
+        "UserFeedbackKind",
     ],
+    "rlhi_local.training": [
+        "Trainings", "activate", "adapter_file", "build_job", "gate", "rollback", "served_adapter", "split_pairs",
+    ],
+    "trainers.job": [
+        "Example", "HParams", "RegressionItem", "TrainJob", "event_line", "read_job", "regression_prompts",
+        "write_job",
+    ],
+    "trainers.backend": ["BACKENDS", "Machine", "detect", "select_backend"],
 }
 
 

@@ -33,7 +33,7 @@ def store(tmp_path: Path) -> Store:
 def test_blank_database_gets_exact_schema(store: Store) -> None:
     cols = {
         t: [r[1] for r in store.db.execute(f"PRAGMA table_info({t})").fetchall()]
-        for t in ("users", "conversations", "messages", "feedback", "pairs", "personas")
+        for t in ("users", "conversations", "messages", "feedback", "pairs", "personas", "adapters", "train_runs")
     }
     assert cols["users"] == ["id", "created_at"]
     assert cols["conversations"] == ["id", "user_id", "title", "created_at", "updated_at"]
@@ -53,7 +53,34 @@ def test_blank_database_gets_exact_schema(store: Store) -> None:
         "chosen_message_id", "rejected_message_id", "feedback_id", "origin", "instruction",
         "quality", "status", "reason", "created_at",
     ]
-    assert applied == ["m001_initial", "m002_feedback", "m003_signals"]
+    assert cols["adapters"] == [
+        "id", "user_id", "version", "base_fingerprint", "path", "pair_ids", "metrics", "status", "reason",
+        "run_id", "created_at", "activated_at",
+    ]
+    assert cols["train_runs"] == [
+        "id", "user_id", "status", "backend", "pairs", "adapter_version", "progress", "metrics", "error",
+        "created_at", "started_at", "finished_at",
+    ]
+    assert applied == ["m001_initial", "m002_feedback", "m003_signals", "m004_training"]
+
+
+def test_at_most_one_active_adapter_per_user_and_activation_retires_the_last(tmp_path: Path) -> None:
+    store = Store(tmp_path / "a.db")
+    for v in (1, 2):
+        store.add_adapter("u", v, "f" * 64, f"/a/v{v}", ["p1"], {"x": v}, "candidate")
+    store.activate_adapter("u", 1, reason="first")
+    store.activate_adapter("u", 2, reason="replaced by v2")
+    assert store.active_adapter("u").version == 2  # type: ignore[union-attr]
+    assert [(a.status, a.reason) for a in store.adapters("u")] == [("retired", "replaced by v2"), ("active", "")]
+    with pytest.raises(StoreError):  # the partial unique index refuses a second active adapter
+        with store._atomic() as db:
+            db.execute("UPDATE adapters SET status = 'active' WHERE version = 1")
+    with pytest.raises(NotFoundError):
+        store.activate_adapter("u", 7, reason="x")
+    assert store.active_adapter("u").version == 2  # type: ignore[union-attr]
+    store.activate_adapter("u", None, reason="back to base")
+    assert store.active_adapter("u") is None and store.trained_pair_ids("u") == {"p1"}
+    store.close()
 
 
 def test_a_database_at_m001_migrates_and_keeps_its_rows(tmp_path: Path) -> None:

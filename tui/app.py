@@ -32,7 +32,8 @@ from rlhi_local.client import AsyncClient, ensure_daemon
 from rlhi_local.errors import APIError, DaemonError
 
 from . import branches
-from .screens import ConfirmScreen, EditScreen, HelpScreen, PersonaScreen, RenameScreen
+from .screens import ConfirmScreen, EditScreen, HelpScreen, PersonaScreen, RenameScreen, TrainingScreen
+from .screens.training import adapter_label
 from .widgets import ChatView, ConversationList, MessageBox, PromptInput, StatusLine
 
 __all__ = ["THEME", "ChatApp", "run_chat"]
@@ -122,6 +123,8 @@ class ChatApp(App[None]):
         Binding("ctrl+l", "focus_conversations", "List", show=False, tooltip="Focus the conversation list"),
         Binding("f3", "persona", "Persona", show=False,
                 tooltip="See and edit what the model is told about you"),
+        Binding("f4", "training", "Training", show=False,
+                tooltip="Training: progress, adapters, train or roll back"),
         Binding("f1", "help", "Help", tooltip="Show this list of keys"),
         Binding("ctrl+q", "quit", "Quit", show=False, priority=True,
                 tooltip="Quit (the daemon keeps running)"),
@@ -224,6 +227,7 @@ class ChatApp(App[None]):
         self._set_state("ready")
         if was_lost:
             self.notify("The daemon is back.", title="Reconnected")
+        await self._load_adapter()
         await self._load_conversations()
         if self.conversation_id is not None and not self.generating:
             await self._load_conversation()
@@ -258,6 +262,12 @@ class ChatApp(App[None]):
         except DaemonError as exc:
             self._lost(str(exc))
         return FAILED
+
+    async def _load_adapter(self) -> None:
+        """Show the adapter that answers this user by default in the status line."""
+        listing = await self._ask(self._client().adapters(user=self.user))
+        if not isinstance(listing, _Failed):
+            self.status.adapter = adapter_label(listing.get("active"))
 
     # ---- showing conversations -------------------------------------------------------------
 
@@ -420,6 +430,8 @@ class ChatApp(App[None]):
         if stopped:
             self.notify("Stopped. The partial answer is kept, marked stopped.")
         await self._load_conversation(show=answer_id, settle=answer_id if stopped else None)
+        if answer_id is not None and (answer := self._message(answer_id)) is not None:
+            self.status.adapter = adapter_label(answer.get("adapter_version"))  # the one that answered
         await self._load_conversations()
 
     def action_stop(self) -> None:
@@ -571,6 +583,21 @@ class ChatApp(App[None]):
                         severity="warning")
             return
         self.push_screen(PersonaScreen(self._client, self.user, self.messages))
+
+    # ---- training --------------------------------------------------------------------------
+
+    def action_training(self) -> None:
+        if isinstance(self.screen, TrainingScreen):
+            return
+        if not self.connected:
+            self.notify("The daemon is not reachable yet; training opens once it is back.",
+                        severity="warning")
+            return
+        self.push_screen(TrainingScreen(self._client, self.user))
+
+    @on(TrainingScreen.ServedChanged)
+    def _served_changed(self, event: TrainingScreen.ServedChanged) -> None:
+        self.status.adapter = adapter_label(event.version)
 
     # ---- help ------------------------------------------------------------------------------
 

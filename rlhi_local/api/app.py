@@ -20,6 +20,7 @@ from .. import __version__
 from ..mining import mine
 from ..persona import facts_from_json, facts_to_json, render_card, user_edit_facts
 from ..records import Persona
+from ..training import activate, rollback
 from .chat import DEFAULT_USER, chat_completions
 from .errors import install_error_handlers
 from .middleware import BodyLimitMiddleware, TokenAuthMiddleware
@@ -43,6 +44,11 @@ from .schemas import (
     PersonaIn,
     PersonaOut,
     RenameRequest,
+    AdapterList,
+    AdapterOut,
+    TrainRequest,
+    TrainRunList,
+    TrainRunOut,
 )
 from .state import AppState
 
@@ -114,7 +120,8 @@ def create_app(state: AppState, token: str | None = None) -> FastAPI:
                 "n_threads": state.engine.n_threads,
             },
             "queue": {"waiting": state.queue.waiting, "busy": state.queue.busy, "max": state.queue.max_waiting},
-            "learning": {"mining": state.config.learning.mining, "runs": state.miner.runs},
+            "learning": {"mining": state.config.learning.mining, "runs": state.miner.runs,
+                         "training": state.trainings.current},
         }
 
     @app.get("/v1/conversations", response_model=ConversationList, responses=_ERRORS)
@@ -204,6 +211,46 @@ def create_app(state: AppState, token: str | None = None) -> FastAPI:
     async def persona_history(user: str = Query(DEFAULT_USER, pattern=ID_PATTERN)) -> dict[str, object]:
         """Every persona version, oldest first."""
         return {"object": "list", "data": [persona_out(user, p) for p in state.store.persona_history(user)]}
+
+    @app.post("/v1/train", response_model=TrainRunOut, status_code=202, responses=_ERRORS)
+    async def start_training(body: TrainRequest) -> dict[str, object]:
+        """Train a new adapter on the user's ready pairs (one run at a time: 503 while one runs).
+        Poll `GET /v1/train/{id}` for progress; the gate decides whether it is served."""
+        run = await asyncio.to_thread(state.trainings.start, body.user or DEFAULT_USER, body.now)
+        return run.to_dict()
+
+    @app.get("/v1/train", response_model=TrainRunList, responses=_ERRORS)
+    async def list_training(user: str = Query(DEFAULT_USER, pattern=ID_PATTERN)) -> dict[str, object]:
+        """The user's recent training runs, newest first."""
+        return {"object": "list", "data": [r.to_dict() for r in state.store.train_runs(user)]}
+
+    @app.get("/v1/train/{run_id}", response_model=TrainRunOut, responses=_ERRORS)
+    async def get_training(run_id: str) -> dict[str, object]:
+        """One run: status, live progress (step, loss, reward accuracy, ETA) and final metrics."""
+        return state.store.get_train_run(run_id).to_dict()
+
+    @app.delete("/v1/train/{run_id}", response_model=TrainRunOut, responses=_ERRORS)
+    async def cancel_training(run_id: str) -> dict[str, object]:
+        """Stop a queued or running run; the served adapter is untouched."""
+        return state.trainings.cancel(run_id).to_dict()
+
+    @app.get("/v1/adapters", response_model=AdapterList, responses=_ERRORS)
+    async def list_adapters(user: str = Query(DEFAULT_USER, pattern=ID_PATTERN)) -> dict[str, object]:
+        """Every adapter version of the user with its metrics and status (why rejected)."""
+        active = state.store.active_adapter(user)
+        return {"object": "list", "active": active.version if active else None,
+                "data": [a.to_dict() for a in state.store.adapters(user)]}
+
+    @app.post("/v1/adapters/rollback", response_model=AdapterList, responses=_ERRORS)
+    async def rollback_adapter(user: str = Query(DEFAULT_USER, pattern=ID_PATTERN)) -> dict[str, object]:
+        """Serve the previously active adapter (or the base) instead of the active one."""
+        rollback(state.store, user)
+        return await list_adapters(user)
+
+    @app.post("/v1/adapters/{version}/activate", response_model=AdapterOut, responses=_ERRORS)
+    async def activate_adapter(version: int, user: str = Query(DEFAULT_USER, pattern=ID_PATTERN)) -> dict[str, object]:
+        """Serve this version from the next request on (an adapter of another base is refused)."""
+        return activate(state.store, state.spec, user, version).to_dict()
 
     for route in app.routes:
         if isinstance(route, APIRoute):

@@ -23,6 +23,7 @@ from ..errors import RlhiError
 from ..persona import with_persona
 from ..records import NewMessage
 from ..store import PlacedTurn
+from ..training import adapter_file, served_adapter
 from .errors import error_response
 from .schemas import ID_PATTERN, ChatCompletionRequest
 from .state import AppState
@@ -42,6 +43,7 @@ class _Turn:
     placed: PlacedTurn | None
     user_id: str
     persona_version: int | None
+    adapter_version: int | None
 
     def ids(self) -> dict[str, object]:
         p = self.placed
@@ -53,13 +55,16 @@ class _Turn:
             "origin": p.answer_origin if p else None,
             "stored": p is not None,
             "persona_version": self.persona_version,
+            "adapter_version": self.adapter_version,
         }
 
     def headers(self) -> dict[str, str]:
         p = self.placed
+        adapter = {"x-rlhi-adapter": f"v{self.adapter_version}" if self.adapter_version else "base"}
         if p is None:
-            return {"x-rlhi-stored": "false"}
+            return {"x-rlhi-stored": "false", **adapter}
         return {
+            **adapter,
             "x-rlhi-stored": "true",
             "x-rlhi-conversation": p.conversation_id,
             "x-rlhi-message": p.answer_id or "",
@@ -71,6 +76,11 @@ def _conversation_id(request: Request, body: ChatCompletionRequest) -> str | Non
     if value is not None and not re.match(ID_PATTERN, value):
         raise ValueError(f"conversation id {value[:80]!r} must match {ID_PATTERN}")
     return value
+
+
+def _requested_adapter(request: Request, body: ChatCompletionRequest) -> str | None:
+    """`x-rlhi-adapter` / `metadata.adapter`: "base", or a version ("v3"); unset: the active one."""
+    return request.headers.get("x-rlhi-adapter") or (body.metadata or {}).get("adapter")
 
 
 def _off_record(request: Request, body: ChatCompletionRequest) -> bool:
@@ -135,6 +145,7 @@ async def chat_completions(request: Request, body: ChatCompletionRequest) -> Res
                                    card, system_prompt)
     prompt = state.engine.render(prompt_messages)  # ContextLengthError → 400
     params = _sampling(state, body, len(prompt))
+    adapter = served_adapter(state.store, spec, user_id, _requested_adapter(request, body))  # 400/404
 
     state.queue.reserve()  # BusyError → 503, before anything is stored
     try:
@@ -146,6 +157,7 @@ async def chat_completions(request: Request, body: ChatCompletionRequest) -> Res
                 conversation_id=conversation_id,
                 model=spec.id,
                 model_fingerprint=spec.fingerprint,
+                adapter_version=str(adapter.version) if adapter else None,
             )
     except BaseException:
         state.queue.unreserve()
@@ -156,8 +168,10 @@ async def chat_completions(request: Request, body: ChatCompletionRequest) -> Res
         placed=placed,
         user_id=user_id,
         persona_version=persona_version,
+        adapter_version=adapter.version if adapter else None,
     )
-    job = state.queue.submit(prompt, params, on_finish=lambda job: _finish(state, turn, job))
+    job = state.queue.submit(prompt, params, on_finish=lambda job: _finish(state, turn, job),
+                             adapter=adapter_file(adapter) if adapter else None)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return StreamingResponse(

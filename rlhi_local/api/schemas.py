@@ -31,6 +31,11 @@ __all__ = [
     "PersonaIn",
     "PersonaOut",
     "RenameRequest",
+    "TrainRequest",
+    "TrainRunList",
+    "TrainRunOut",
+    "AdapterList",
+    "AdapterOut",
 ]
 
 ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
@@ -198,6 +203,8 @@ class StoredIds(BaseModel):
     stored: bool
     persona_version: int | None = None
     """The persona version whose card was in the system prompt (None: no persona)."""
+    adapter_version: int | None = None
+    """The user's LoRA adapter version that answered (None: the base model)."""
 
 
 class ChatCompletion(BaseModel):
@@ -331,3 +338,56 @@ class Health(BaseModel):
     model: dict[str, Any]
     queue: dict[str, Any]
     learning: dict[str, Any]
+
+
+class TrainRequest(BaseModel):
+    """Start a training run. `now`: at once; otherwise when the user has been idle a while."""
+
+    user: str | None = Field(default=None, pattern=ID_PATTERN)
+    now: bool = True
+
+
+class TrainRunOut(BaseModel):
+    id: str
+    object: Literal["train_run"] = "train_run"
+    user_id: str
+    status: Literal["queued", "running", "done", "failed", "cancelled"]
+    backend: str
+    pairs: int
+    adapter_version: int | None
+    progress: dict[str, Any]
+    """The latest event: step, total, loss, rewards/accuracies, eta_s (or the phase)."""
+    metrics: dict[str, Any]
+    error: str
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+
+
+class TrainRunList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[TrainRunOut]
+
+
+class AdapterOut(BaseModel):
+    id: str
+    object: Literal["adapter"] = "adapter"
+    user_id: str
+    version: int
+    base_fingerprint: str
+    path: str
+    pair_ids: list[str]
+    metrics: dict[str, Any]
+    status: Literal["candidate", "active", "rejected", "retired"]
+    reason: str
+    """Why it was rejected, retired or rolled back."""
+    run_id: str | None
+    created_at: str
+    activated_at: str | None
+
+
+class AdapterList(BaseModel):
+    object: Literal["list"] = "list"
+    active: int | None
+    """The version that answers by default (None: the base model)."""
+    data: list[AdapterOut]

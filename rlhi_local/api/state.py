@@ -10,6 +10,7 @@ from ..engine import Engine, RequestQueue
 from ..mining import Miner
 from ..models import ModelSpec
 from ..store import Store
+from ..training import Trainings
 
 __all__ = ["AppState"]
 
@@ -22,4 +23,5 @@ class AppState:
     queue: RequestQueue
     store: Store
     miner: Miner
+    trainings: Trainings
     started_at: float = field(default_factory=time.monotonic)

@@ -21,6 +21,7 @@ from sqlite_utils import Database
 from ..errors import InvalidRequestError, NotFoundError, StoreError
 from ..records import Conversation, Message, NewMessage, Origin, Status, User, UserFeedbackKind
 from ._ids import utc_now, new_id, path_hash
+from ._training import TrainingMixin
 from ._signals import SignalsMixin
 from .migrations import migrations
 
@@ -49,7 +50,7 @@ class PlacedTurn:
     answer_origin: Origin
 
 
-class Store(SignalsMixin):
+class Store(SignalsMixin, TrainingMixin):
     """Owns the SQLite connection. Safe to call from several threads (one lock)."""
 
     def __init__(self, path: Path) -> None:
@@ -293,6 +294,7 @@ class Store(SignalsMixin):
         model: str | None = None,
         model_fingerprint: str | None = None,
         imported: bool = False,
+        adapter_version: str | None = None,
     ) -> PlacedTurn:
         """Store what is new in `history` and open the answer row, in one transaction.
 
@@ -367,9 +369,10 @@ class Store(SignalsMixin):
             answer_id = new_id("msg")
             db.execute(
                 "INSERT INTO messages (id, conversation_id, parent_id, role, content, origin, status, "
-                "path_hash, model, model_fingerprint, created_at) "
-                "VALUES (?, ?, ?, 'assistant', '', ?, 'streaming', '', ?, ?, ?)",
-                [answer_id, conversation_id, parent_id, answer_origin, model, model_fingerprint, now],
+                "path_hash, model, model_fingerprint, adapter_version, created_at) "
+                "VALUES (?, ?, ?, 'assistant', '', ?, 'streaming', '', ?, ?, ?, ?)",
+                [answer_id, conversation_id, parent_id, answer_origin, model, model_fingerprint,
+                 adapter_version, now],
             )
             db.execute("UPDATE conversations SET updated_at = ? WHERE id = ?", [now, conversation_id])
         return PlacedTurn(conversation_id, tuple(new_ids), parent_id, answer_id, answer_origin)

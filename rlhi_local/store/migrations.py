@@ -147,3 +147,50 @@ def m003_signals(db: Database) -> None:
         "CREATE UNIQUE INDEX IF NOT EXISTS feedback_detector_once "
         "ON feedback(followup_id, detector_version) WHERE source = 'detector'"
     )
+
+
+@migrations()
+def m004_training(db: Database) -> None:
+    # Training runs and the adapters they produce. An adapter row is written only after its
+    # files are complete on disk; `active` is at most one per user (partial unique index), so a
+    # crash between two updates can never leave two adapters served.
+    db.execute(
+        """
+        CREATE TABLE IF NOT EXISTS train_runs (
+            id TEXT PRIMARY KEY,
+            user_id TEXT NOT NULL REFERENCES users(id),
+            status TEXT NOT NULL CHECK (status IN ('queued', 'running', 'done', 'failed', 'cancelled')),
+            backend TEXT NOT NULL DEFAULT '',
+            pairs INTEGER NOT NULL DEFAULT 0,
+            adapter_version INTEGER,
+            progress TEXT NOT NULL DEFAULT '{}',
+            metrics TEXT NOT NULL DEFAULT '{}',
+            error TEXT NOT NULL DEFAULT '',
+            created_at TEXT NOT NULL,
+            started_at TEXT,
+            finished_at TEXT
+        )
+        """
+    )
+    db.execute(
+        """
+        CREATE TABLE IF NOT EXISTS adapters (
+            id TEXT PRIMARY KEY,
+            user_id TEXT NOT NULL REFERENCES users(id),
+            version INTEGER NOT NULL,
+            base_fingerprint TEXT NOT NULL,
+            path TEXT NOT NULL,
+            pair_ids TEXT NOT NULL,
+            metrics TEXT NOT NULL,
+            status TEXT NOT NULL CHECK (status IN ('candidate', 'active', 'rejected', 'retired')),
+            reason TEXT NOT NULL DEFAULT '',
+            run_id TEXT REFERENCES train_runs(id),
+            created_at TEXT NOT NULL,
+            activated_at TEXT,
+            UNIQUE (user_id, version)
+        )
+        """
+    )
+    db.execute(
+        "CREATE UNIQUE INDEX IF NOT EXISTS adapters_one_active ON adapters(user_id) WHERE status = 'active'"
+    )

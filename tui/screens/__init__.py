@@ -1,4 +1,5 @@
-"""The chat's modal screens: help, confirm, edit an answer, rename a conversation, the persona."""
+"""The chat's modal screens: help, confirm, edit an answer, rename a conversation, the persona,
+training."""
 
 from __future__ import annotations
 
@@ -7,5 +8,6 @@ from .edit import EditScreen
 from .help import HelpScreen
 from .persona import PersonaScreen
 from .rename import RenameScreen
+from .training import TrainingScreen
 
-__all__ = ["ConfirmScreen", "EditScreen", "HelpScreen", "PersonaScreen", "RenameScreen"]
+__all__ = ["ConfirmScreen", "EditScreen", "HelpScreen", "PersonaScreen", "RenameScreen", "TrainingScreen"]

@@ -20,8 +20,8 @@ from textual.screen import ModalScreen
 from textual.widgets import DataTable, Footer, Input, Static
 
 from rlhi_local.client import AsyncClient
-from rlhi_local.errors import APIError, DaemonError
 
+from ._calls import ask_daemon
 from .confirm import ConfirmScreen
 
 log = logging.getLogger(__name__)
@@ -214,20 +214,8 @@ class PersonaScreen(ModalScreen[None]):
             return await self._ask(self.client().set_persona(change(wanted), user=self.user))
 
     async def _ask(self, call: Awaitable[dict[str, Any]]) -> dict[str, Any] | None:
-        """Await one daemon call; report a refusal or a lost daemon and return None."""
-        try:
-            return dict(await call)
-        except APIError as exc:
-            self.notify(exc.message, title=f"The daemon refused ({exc.status_code})",
-                        severity="error", timeout=15, markup=False)
-        except DaemonError as exc:
-            self.notify(str(exc), title="The daemon is not reachable", severity="error",
-                        timeout=15, markup=False)
-        except Exception as exc:  # boundary: report, keep the screen and the text
-            log.exception("a persona call failed")
-            self.notify(f"The persona could not be saved: {exc}", severity="error", timeout=15,
-                        markup=False)
-        return None
+        result = await ask_daemon(self, call, "The persona could not be saved")
+        return None if result is None else dict(result)
 
 
 def _edited(wanted: list[dict[str, Any]], key: str | None, text: str) -> list[dict[str, Any]]:

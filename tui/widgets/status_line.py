@@ -13,7 +13,7 @@ class StatusLine(Static):
     model: reactive[str] = reactive("…")
     """The model id the daemon serves."""
     adapter: reactive[str] = reactive("base")
-    """The adapter version answering (`base` until adapters exist)."""
+    """The adapter that answers: `v3`, or `base` for the base model (set by the app)."""
     state: reactive[str] = reactive("starting daemon…")
     """The daemon as the app last saw it: starting, ready, generating, unreachable…"""
     problem: reactive[bool] = reactive(False)
