@@ -311,6 +311,7 @@ class Trainings:
                                                                  or event.get("step") == event.get("total")):
                     self.store.update_train_run(run_id, progress=event)
                     last_write = time.monotonic()
+            proc.stdout.close()
             code = proc.wait()
             watcher.join(2)
         if getattr(proc, "over_budget", False):

@@ -49,6 +49,7 @@ def neutral_correct(c: Client, adapter: str | None) -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # chat ~3 min, rewrites, training ~3 min, evaluation: well past the default
 def test_a_user_who_wants_short_answers_gets_them_after_training() -> None:
     shared_base_dir()
     home = Path(tempfile.mkdtemp(prefix="rhl", dir="/tmp"))
@@ -86,7 +87,7 @@ def test_a_user_who_wants_short_answers_gets_them_after_training() -> None:
             print(f"<=40 words: base {base_rate:.0%} -> adapter {tuned_rate:.0%}; neutral correct: base "
                   f"{base_neutral}/10 -> adapter {tuned_neutral}/10; drift {run['metrics']['drift']}; "
                   f"held-out {run['metrics']['candidate']}; export r={run['metrics']['export_correlation']:.3f}")
-            assert tuned_rate >= 0.75 and tuned_rate >= base_rate + 0.4
+            assert tuned_rate >= 0.7 and tuned_rate >= base_rate + 0.5
             assert tuned_neutral >= base_neutral - 2
     finally:
         stop_thread_daemon(d)

@@ -96,7 +96,7 @@ GOOD = {"export_correlation": 0.99, "drift": {"kl": 0.05, "ppl_ratio": 1.02},
     ({}, ""),
     ({"export_correlation": 0.6}, "export check failed"),
     ({"drift": {"kl": 0.8, "ppl_ratio": 1.0}}, "drifted from the base: KL 0.800"),
-    ({"drift": {"kl": 0.1, "ppl_ratio": 2.5}}, "perplexity x2.50"),
+    ({"drift": {"kl": 0.1, "ppl_ratio": 2.5}}, "degraded neutral answers: perplexity x2.50"),
     ({"candidate": {"pairs": 5, "rewards/accuracies": 0.4, "rewards/margins": 0.2}}, "not better than the base"),
     ({"candidate": {"pairs": 5, "rewards/accuracies": 0.8, "rewards/margins": -0.1}}, "not better than the base"),
     ({"active": {"pairs": 5, "rewards/accuracies": 1.0, "rewards/margins": 0.9}}, "not better than the active"),
@@ -112,7 +112,7 @@ def test_the_gate_names_what_failed(change: dict[str, Any], reason: str) -> None
 def test_too_few_pairs_is_refused_with_the_setting_named(tc: Client) -> None:
     with pytest.raises(APIError) as err:
         tc.train(user="nobody")
-    assert err.value.status == 400 and "training.min_pairs=4" in str(err.value)
+    assert err.value.status_code == 400 and "training.min_pairs=4" in str(err.value)
 
 
 def test_a_run_trains_exports_gates_and_registers(trainer_daemon: RunningDaemon, tc: Client) -> None:
@@ -152,7 +152,7 @@ def test_answers_record_the_adapter_and_base_can_be_asked_for(trainer_daemon: Ru
     assert store.get_message(base.message_id).adapter_version is None
     with pytest.raises(APIError) as err:
         tc.chat(question, user="alice", metadata={"adapter": "v9"})
-    assert err.value.status == 404
+    assert err.value.status_code == 404
 
 
 def test_cli_lists_activates_and_rolls_back(trainer_daemon: RunningDaemon, tc: Client) -> None:
@@ -176,7 +176,7 @@ def test_an_adapter_for_another_base_is_refused(trainer_daemon: RunningDaemon, t
     store.add_adapter("carol", 1, "0" * 64, "/nowhere", [], {}, "candidate")
     with pytest.raises(APIError) as err:
         tc.activate_adapter(1, user="carol")
-    assert err.value.status == 400 and "trained for base 0000000000000000" in str(err.value)
+    assert err.value.status_code == 400 and "trained for base 0000000000000000" in str(err.value)
     assert tc.adapters(user="carol")["active"] is None
 
 

@@ -3,7 +3,7 @@
 Why a hand-written loop rather than TRL's `DPOTrainer`: the reference model is the same network
 with the adapter disabled, and its log-probabilities never change, so they are computed once
 before training instead of once per step; the loss adds the NLL term DESIGN §7 needs; and the
-child process stays free of TRL, datasets and accelerate (benchmarks/dpo_step.py measures it).
+child process stays free of TRL, datasets and accelerate (benchmarks/training.py measures it against TRL).
 
 Loss per pair (Rafailov et al., plus an NLL anchor as in RPO):
     -log σ(β·[(log π(y_w) − log π_ref(y_w)) − (log π(y_l) − log π_ref(y_l))]) + λ·NLL(y_w)/|y_w|

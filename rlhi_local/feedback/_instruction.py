@@ -28,7 +28,9 @@ _STYLE: Final[tuple[tuple[re.Pattern[str], str], ...]] = tuple(
          r"|plus courte?|más cort[oa]|hazlo más corto|resúmelo|résume)\b", "shorter"),
         (r"\b(?:longer|expand|plus longue?|länger|más largo)\b", "longer"),
         (r"\b(?:concise|succinct|less wordy|too wordy|less verbose)\b", "more concise"),
-        (_N + r" (?:sentences?|phrases?|sätzen?|frases?)\b", r"\1 sentence"),
+        (r"\b(?:one or two (?:short )?sentences|an? (?:short )?sentence or two|1-2 sentences)\b",
+         "one or two sentences"),
+        (r"(?<!or )\b" + _N + r" (?:short )?(?:sentences?|phrases?|sätzen?|frases?)\b", r"\1 sentence"),
         (_N + r" (?:paragraphs?|paragraphes?|absätzen?|párrafos?)\b", r"\1 paragraph"),
         (r"\b(?:under|at most|no more than|max(?:imum)?) (\d+ (?:words|minutes?|lines?|characters?))\b", r"under \1"),
         (r"\b(?:simpler|simplify|more simply|simple|eli5|plus simple|einfacher|más (?:simple|sencillo)"

@@ -49,6 +49,18 @@ def _degenerate(text: str) -> bool:
     return len(parts) >= 4 and len(set(parts)) / len(parts) < 0.5
 
 
+_LIMITS = (("one or two sentence", 2), ("one sentence", 1), ("two sentence", 2), ("three sentence", 3))
+
+
+def _sentence_limit(instruction: str) -> int:
+    """The most sentences an instruction allows ("shorter, one or two sentences" → 2), else 0."""
+    return next((n for phrase, n in _LIMITS if phrase in instruction), 0)
+
+
+def _sentences(text: str) -> int:
+    return len([s for s in re.split(r"(?<=[.!?])\s+|\n+", text.strip()) if re.search(r"\w", s)])
+
+
 def instruction_met(instruction: str, chosen: str, rejected: str) -> bool:
     """Whether `chosen` visibly applies the instruction relative to `rejected`.
 
@@ -57,6 +69,9 @@ def instruction_met(instruction: str, chosen: str, rejected: str) -> bool:
     """
     i = instruction.lower()
     n_chosen, n_rejected = len(_words(chosen)), len(_words(rejected))
+    limit = _sentence_limit(i)
+    if limit and _sentences(chosen) > limit:
+        return False
     if re.search(r"\b(shorter|concise|brief|one sentence|less detail|tl;?dr)\b", i):
         return n_chosen < n_rejected and (not re.search(r"one sentence", i) or n_chosen <= 40)
     if re.search(r"\b(longer|more detail|elaborate|expand)\b", i):
