@@ -30,6 +30,7 @@ from .models import ModelSpec
 from .persona import with_persona
 from .records import Adapter, Pair, TrainRun
 from .store import Store
+from .store._ids import utc_now
 
 __all__ = ["Trainings", "activate", "adapter_file", "build_job", "gate", "rollback", "served_adapter", "split_pairs"]
 
@@ -62,17 +63,24 @@ def _messages(store: Store, config: Config, user_id: str, prompt: Sequence[dict[
     return with_persona(prompt, card, system_prompt)
 
 
+def ready_pairs(store: Store, config: Config, user_id: str) -> list[Pair]:
+    """The user's pairs to train on; InvalidRequestError naming the setting if too few."""
+    pairs = store.pairs(user_id, status="ready")
+    if len(pairs) < config.training.min_pairs:
+        raise InvalidRequestError(
+            f"User {user_id!r} has {len(pairs)} ready preference pairs; training needs at least "
+            f"training.min_pairs={config.training.min_pairs}. Keep chatting (corrections, edits, thumbs) "
+            f"or lower the setting.")
+    return pairs
+
+
 def build_job(store: Store, config: Config, spec: ModelSpec, user_id: str, version: int, out_dir: Path,
               base_cache: Path | None = None) -> Any:
     """The `trainers.TrainJob` for the user's ready pairs; InvalidRequestError if too few."""
     from trainers.job import Example, HParams, RegressionItem, TrainJob, regression_prompts
 
     t = config.training
-    pairs = store.pairs(user_id, status="ready")
-    if len(pairs) < t.min_pairs:
-        raise InvalidRequestError(
-            f"User {user_id!r} has {len(pairs)} ready preference pairs; training needs at least "
-            f"training.min_pairs={t.min_pairs}. Keep chatting (corrections, edits, thumbs) or lower the setting.")
+    pairs = ready_pairs(store, config, user_id)
     train, heldout = split_pairs(pairs, t.heldout_fraction)
 
     def example(p: Pair) -> Any:
@@ -194,9 +202,7 @@ class Trainings:
             if self.current is not None:
                 raise BusyError(f"Training run {self.current} is in progress; one run at a time. "
                                 f"Cancel it (DELETE /v1/train/{self.current}) or wait for it.")
-            version = self.store.next_adapter_version(user_id)
-            staging = self.root / user_id / f".staging-v{version}"
-            build_job(self.store, self.config, self.spec, user_id, version, staging, self.base_cache)  # fail early
+            ready_pairs(self.store, self.config, user_id)  # refuse now rather than fail in the thread
             run = self.store.add_train_run(user_id)
             self.current = run.id
             self._thread = threading.Thread(target=self._work, args=(run.id, user_id, now), daemon=True,
@@ -231,7 +237,7 @@ class Trainings:
         except Exception as exc:  # boundary: a failed run is recorded, never raised into serving
             log.exception("training run %s failed", run_id)
             self.store.update_train_run(run_id, status="failed", error=f"{type(exc).__name__}: {exc}",
-                                        finished_at=_now())
+                                        finished_at=utc_now())
         finally:
             self._proc = None
             self.current = None
@@ -241,7 +247,7 @@ class Trainings:
 
         while not now and not self._wait_quiet():
             if run_id in self._cancelled:
-                self.store.update_train_run(run_id, status="cancelled", finished_at=_now())
+                self.store.update_train_run(run_id, status="cancelled", finished_at=utc_now())
                 return
             time.sleep(1.0)
         version = self.store.next_adapter_version(user_id)
@@ -254,11 +260,11 @@ class Trainings:
         write_job(job, job_path)
         pair_ids = [e.pair_id for e in job.train]
         self.store.update_train_run(run_id, status="running", pairs=len(job.train), adapter_version=version,
-                                    started_at=_now())
+                                    started_at=utc_now())
         outcome, metrics, error = self._child(run_id, job_path, staging / "train.log")
         if outcome != "done":
             shutil.rmtree(staging, ignore_errors=True)
-            self.store.update_train_run(run_id, status=outcome, error=error, finished_at=_now())
+            self.store.update_train_run(run_id, status=outcome, error=error, finished_at=utc_now())
             log.info("training run %s %s: %s", run_id, outcome, error)
             return
         _fsync_tree(staging)
@@ -270,7 +276,7 @@ class Trainings:
             self.store.set_adapter_status(user_id, version, "rejected", reason)
         else:
             self.store.activate_adapter(user_id, version, reason=f"replaced by v{version}")
-        self.store.update_train_run(run_id, status="done", metrics=metrics, finished_at=_now(),
+        self.store.update_train_run(run_id, status="done", metrics=metrics, finished_at=utc_now(),
                                     progress={"event": "finished", "promoted": not reason, "reason": reason})
         log.info("training run %s: adapter v%d %s", run_id, version, f"rejected: {reason}" if reason else "promoted")
 
@@ -339,12 +345,6 @@ class Trainings:
                 if time.monotonic() > deadline:
                     proc.kill()
             time.sleep(0.25)
-
-
-def _now() -> str:
-    from .store._ids import utc_now
-
-    return utc_now()
 
 
 def activate(store: Store, spec: ModelSpec, user_id: str, version: int) -> Adapter:
