@@ -83,8 +83,10 @@ def write_job(job: TrainJob, path: Path) -> None:
 
 def read_job(path: Path) -> TrainJob:
     raw = json.loads(path.read_text(encoding="utf-8"))
-    raw["hparams"] = HParams(**{**raw.get("hparams", {}), "targets": tuple(raw.get("hparams", {}).get(
-        "targets", HParams.targets))})
+    hparams = raw.get("hparams", {})
+    if "targets" in hparams:
+        hparams["targets"] = tuple(hparams["targets"])  # JSON has lists; HParams is frozen and hashable
+    raw["hparams"] = HParams(**hparams)
     raw["train"] = [Example(**e) for e in raw["train"]]
     raw["heldout"] = [Example(**e) for e in raw["heldout"]]
     raw["regression"] = [RegressionItem(**r) for r in raw["regression"]]
