@@ -54,7 +54,7 @@ ifneq ($(HAS_CUDA),yes)
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 endif
 endif
-	$(BIN)/python -m pip install --quiet -e '.[train,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[train,dev,mlx]'
 	touch $(STAMP)
 
 clean:

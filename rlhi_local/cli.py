@@ -117,10 +117,11 @@ def status(ctx: click.Context, as_json: bool) -> None:
     with _client(config) as client:
         try:
             health = client.health()
+            schedule = client.schedule()
         except DaemonError as exc:
             raise click.ClickException(f"not running: {exc}") from exc
     if as_json:
-        click.echo(json.dumps(health, indent=2))
+        click.echo(json.dumps(health | {"schedule": schedule}, indent=2))
         return
     m, q = health["model"], health["queue"]
     click.echo(f"running   pid {health['pid']}, up {health['uptime_s']:.0f}s, version {health['version']}")
@@ -129,6 +130,30 @@ def status(ctx: click.Context, as_json: bool) -> None:
     click.echo(f"          {m['path']}")
     click.echo(f"          sha256 {m['fingerprint']}")
     click.echo(f"queue     {'busy' if q['busy'] else 'idle'}, {q['waiting']} waiting")
+    for line in schedule_lines(schedule):
+        click.echo(line)
+
+
+def schedule_lines(schedule: dict[str, Any]) -> list[str]:
+    """`rlhi status`'s learning part: each job's last outcome (or skip reason) and next run."""
+    if not schedule.get("enabled"):
+        return ["learning  schedule off (schedule.enabled = false): learning runs only when asked"]
+    head = "learning  paused (learning.mining = false)" if schedule.get("paused") else "learning  schedule"
+    lines = [head]
+    for job in schedule.get("jobs", []):
+        if not job["interval_s"]:
+            lines.append(f"  {job['name']:<9} off")
+            continue
+        last = job.get("last")
+        said = f"{last['status']} {last['started_at'][:19].replace('T', ' ')}: {last['detail']}" if last else "not run yet"
+        if job.get("running"):
+            progress = job.get("progress") or {}
+            done = (f" {progress['step']}/{progress['total']}" if "step" in progress
+                    else f" {progress['done']}/{progress['total']}" if "done" in progress else "")
+            said = f"running{done}; last {said}"
+        nxt = (job.get("next_run") or "")[:19].replace("T", " ") or "-"
+        lines.append(f"  {job['name']:<9} next {nxt} UTC | {said}"[:200])
+    return lines
 
 
 def _stream(client: Any, messages: list[dict[str, str]], conversation_id: str | None,

@@ -274,6 +274,14 @@ class Client:
         """Serve the adapter that was active before the current one (or the base)."""
         return dict(self._request("POST", "/v1/adapters/rollback", params={"user": user} if user else {}))
 
+    def schedule(self) -> dict[str, Any]:
+        """The learning jobs: `{"enabled", "paused", "jobs": [{name, next_run, last, running, progress}]}`."""
+        return dict(self._request("GET", "/v1/schedule"))
+
+    def run_job(self, job: str) -> dict[str, Any]:
+        """Run one learning job now (detector, persona, reward, sampling, training); its outcome."""
+        return dict(self._request("POST", f"/v1/schedule/{job}/run"))
+
 
 class AsyncClient:
     """Asynchronous client over the Unix socket (the TUI uses this one)."""
@@ -381,6 +389,9 @@ class AsyncClient:
 
     async def rollback_adapter(self, user: str | None = None) -> dict[str, Any]:
         return dict(await self._request("POST", "/v1/adapters/rollback", params={"user": user} if user else {}))
+
+    async def schedule(self) -> dict[str, Any]:
+        return dict(await self._request("GET", "/v1/schedule"))
 
 
 def ensure_daemon(socket: str | Path | None = None, wait_s: float = 120.0,

@@ -22,6 +22,8 @@ __all__ = [
     "GenerationConfig",
     "LearningConfig",
     "ModelConfig",
+    "RewardConfig",
+    "ScheduleConfig",
     "ServerConfig",
     "TrainingConfig",
     "cache_dir",
@@ -129,8 +131,81 @@ class TrainingConfig:
     """Gate: perplexity of the regression answers under the candidate / under the base."""
     min_export_correlation: float = 0.95
     """Gate: llama.cpp + exported adapter must move the logits as torch + adapter does."""
+    max_reward_drop: float = 0.5
+    """Gate (with a trusted reward model): the candidate's answers to held-out prompts may score at
+    most this much (mean, logits) below the served adapter's answers."""
     cache_dir: str | None = None
     """Where converted base weights are cached. Unset: `cache/` in the data dir."""
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """The learning schedule (`rlhi_local.scheduler`): what runs by itself, and when. An
+    interval of 0 turns that job off; `enabled = false` turns them all off."""
+
+    enabled: bool = True
+    """Run the learning jobs inside the daemon. Off: learning runs only when asked (`rlhi train`)."""
+    detector_minutes: float = 10.0
+    """Label the follow-up backlog (e.g. after an import) and build pairs."""
+    persona_minutes: float = 60.0
+    """Refresh each user's persona from the history."""
+    reward_minutes: float = 60.0
+    """Retrain each user's reward model when they have new pairs, and filter pairs with it."""
+    sampling_minutes: float = 30.0
+    """User-Based Rewards: sample answers for turns without feedback (only while the user is away)."""
+    training_minutes: float = 15.0
+    """How often to check whether a training run is worthwhile (the checks below)."""
+    train_min_new_pairs: int = 8
+    """Ready pairs added since the user's last run needed to start another."""
+    train_idle_minutes: float = 20.0
+    """The user must have sent nothing for this long before training starts."""
+    training_window: str = "01:00-06:00"
+    """Local hours when scheduled training may start, "HH:MM-HH:MM" (may wrap midnight); "" = any time."""
+    skip_on_battery: bool = True
+    """Do not start training while the OS says the machine runs on battery."""
+    misfire_grace_minutes: float = 30.0
+    """A run missed while the daemon was down still runs (once) if it is at most this late."""
+    sampling_k: int = 4
+    """Answers sampled per turn for User-Based Rewards (best vs worst becomes a pair)."""
+    sampling_margin: float = 1.0
+    """Reward gap (best - worst, in the reward model's logit units) needed to keep a sampled pair."""
+    sampling_turns: int = 4
+    """Turns sampled per user per run."""
+    sampling_days: float = 7.0
+    """Only turns from the last this many days are sampled."""
+    sampling_max_tokens: int = 256
+    """Length cap of a sampled answer."""
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    """The persona-conditioned reward model (`rlhi_local.reward`): when a user gets their own,
+    when it is trusted, and how it filters pairs."""
+
+    min_pairs: int = 8
+    """Ready pairs (all origins) a user needs before their own reward model is trained; below
+    this the shipped prior is what they have."""
+    min_accuracy: float = 0.6
+    """A version is trusted (for sampling and for filtering pairs) only if it ranks at least this
+    share of the user's held-out pairs correctly."""
+    min_heldout: int = 4
+    """...and only if it was measured on at least this many held-out pairs (the split is the
+    gate's, `training.heldout_fraction`, so the reward model never trains on the gate's pairs)."""
+    trust_prior: bool = False
+    """Trust the shipped prior for a user who has no trusted version of their own. Off: the prior
+    was fitted to synthetic users only, and DESIGN §4 uses sources 1-2 until one is validated."""
+    filter_margin: float = 1.0
+    """A guided_rewrite or thumbs pair is dropped (`reward_disagrees`) when the model scores its
+    rejected side above its chosen side by more than this (logits: 1.0 is 73% against)."""
+    l2: float = 0.05
+    """Pull of a user's weights toward the version they start from (the active one, else the
+    prior): higher trusts the start more, lower follows the user's own pairs more."""
+    max_iter: int = 100
+    """L-BFGS iterations per fit at most (the loss is convex; it usually stops earlier)."""
+    threads: int = 1
+    """CPU threads for the sentence encoder and the fit (the chat keeps the other cores)."""
+    cache_size: int = 4096
+    """Texts whose embeddings are kept in memory (persona lines and prompts repeat)."""
 
 
 @dataclass(frozen=True)
@@ -140,6 +215,8 @@ class Config:
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     learning: LearningConfig = field(default_factory=LearningConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
 
 
 def _home() -> Path | None:
@@ -291,6 +368,7 @@ def _validate(config: Config) -> None:
         (t.max_ppl_ratio >= 1, "training.max_ppl_ratio", t.max_ppl_ratio, "at least 1"),
         (0 <= t.min_export_correlation <= 1, "training.min_export_correlation", t.min_export_correlation,
          "between 0 and 1"),
+        (t.max_reward_drop >= 0, "training.max_reward_drop", t.max_reward_drop, "0 or more"),
         (lc.rewrite_samples >= 1, "learning.rewrite_samples", lc.rewrite_samples, "at least 1"),
         (lc.rewrite_max_tokens >= 8, "learning.rewrite_max_tokens", lc.rewrite_max_tokens, "at least 8"),
         (lc.mining_delay_s >= 0, "learning.mining_delay_s", lc.mining_delay_s, "0 or more"),
@@ -305,7 +383,23 @@ def _validate(config: Config) -> None:
         (0 <= g.temperature <= 2, "generation.temperature", g.temperature, "between 0 and 2"),
         (0 < g.top_p <= 1, "generation.top_p", g.top_p, "above 0 and at most 1"),
     ]
-    for ok, key, value, rule in checks:
+    sc = config.schedule
+    for name in ("detector", "persona", "reward", "sampling", "training"):
+        minutes = getattr(sc, f"{name}_minutes")
+        checks.append((minutes >= 0, f"schedule.{name}_minutes", minutes, "0 (off) or more"))
+    checks += [
+        (sc.train_min_new_pairs >= 1, "schedule.train_min_new_pairs", sc.train_min_new_pairs, "at least 1"),
+        (sc.train_idle_minutes >= 0, "schedule.train_idle_minutes", sc.train_idle_minutes, "0 or more"),
+        (_valid_window(sc.training_window), "schedule.training_window", sc.training_window,
+         'empty (any time) or "HH:MM-HH:MM", e.g. "01:00-06:00"'),
+        (sc.misfire_grace_minutes > 0, "schedule.misfire_grace_minutes", sc.misfire_grace_minutes, "above 0"),
+        (sc.sampling_k >= 2, "schedule.sampling_k", sc.sampling_k, "at least 2 (best and worst of K)"),
+        (sc.sampling_margin >= 0, "schedule.sampling_margin", sc.sampling_margin, "0 or more"),
+        (sc.sampling_turns >= 1, "schedule.sampling_turns", sc.sampling_turns, "at least 1"),
+        (sc.sampling_days > 0, "schedule.sampling_days", sc.sampling_days, "above 0"),
+        (sc.sampling_max_tokens >= 8, "schedule.sampling_max_tokens", sc.sampling_max_tokens, "at least 8"),
+    ]
+    for ok, key, value, rule in checks + _reward_checks(config.reward):
         if not ok:
             raise ConfigError(f"Config '{key}' has value {value!r}. It must be {rule}.")
     try:
@@ -317,6 +411,32 @@ def _validate(config: Config) -> None:
             f"Config 'server.tcp_host' has value {s.tcp_host!r}. Only loopback addresses "
             f"(127.0.0.1, ::1) are allowed: the daemon never listens on the network."
         )
+
+
+def _valid_window(window: str) -> bool:
+    if not window.strip():
+        return True
+    parts = window.split("-")
+    if len(parts) != 2:
+        return False
+    for part in parts:
+        hours, _, minutes = part.strip().partition(":")
+        if not (hours.isdigit() and minutes.isdigit() and int(hours) < 24 and int(minutes) < 60):
+            return False
+    return True
+
+
+def _reward_checks(r: RewardConfig) -> list[tuple[bool, str, Any, str]]:
+    return [
+        (r.min_pairs >= 2, "reward.min_pairs", r.min_pairs, "at least 2"),
+        (0 <= r.min_accuracy <= 1, "reward.min_accuracy", r.min_accuracy, "between 0 and 1"),
+        (r.min_heldout >= 1, "reward.min_heldout", r.min_heldout, "at least 1"),
+        (r.filter_margin >= 0, "reward.filter_margin", r.filter_margin, "0 or more"),
+        (r.l2 >= 0, "reward.l2", r.l2, "0 or more"),
+        (r.max_iter >= 1, "reward.max_iter", r.max_iter, "at least 1"),
+        (r.threads >= 1, "reward.threads", r.threads, "at least 1"),
+        (r.cache_size >= 0, "reward.cache_size", r.cache_size, "0 or more"),
+    ]
 
 
 def load_config(

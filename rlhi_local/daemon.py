@@ -19,10 +19,14 @@ import socket
 import stat
 import threading
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from .config import Config, data_dir, runtime_dir, socket_path
 from .errors import DaemonError, DaemonRunningError
+
+if TYPE_CHECKING:
+    from .scheduler import RewardJobs
+    from .store import Store
 
 __all__ = ["Daemon", "ensure_private_dir", "pid_path"]
 
@@ -55,6 +59,14 @@ def _load_token(config: Config) -> str:
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(token + "\n")
     return token
+
+
+def _reward_jobs(store: "Store", config: Config) -> "RewardJobs | None":
+    """The reward-model half of the schedule, or None where its parts (torch, the sentence
+    encoder wheel: the `train` extra) are not installed; the schedule's other jobs still run."""
+    from .scheduler import RewardJobs
+
+    return RewardJobs.create(store, config)
 
 
 class Daemon:
@@ -93,6 +105,7 @@ class Daemon:
         from .engine import Engine, RequestQueue
         from .mining import Miner
         from .models import resolve_model
+        from .scheduler import Scheduler
         from .store import Store
         from .training import Trainings
 
@@ -117,9 +130,11 @@ class Daemon:
         queue = RequestQueue(engine, self.config.server.max_queue)
         miner = Miner(store, queue, self.config.learning)
         trainings = Trainings(store, self.config, spec, wait_quiet=miner.quiet_for_training)
+        scheduler = Scheduler(store, self.config, miner=miner, trainings=trainings, queue=queue, spec=spec,
+                              reward_jobs=_reward_jobs(store, self.config))
         self._state = AppState(
             config=self.config, spec=spec, engine=engine, queue=queue, store=store, miner=miner,
-            trainings=trainings,
+            trainings=trainings, scheduler=scheduler,
         )
         self._bind_unix()
         if self.config.server.tcp_port:
@@ -195,8 +210,15 @@ class Daemon:
         server = uvicorn.Server(config)
         self._server = server
         loop = asyncio.get_running_loop()
+        if self._state is not None and self._state.scheduler is not None:  # type: ignore[attr-defined]
+            self._state.scheduler.start()  # type: ignore[attr-defined]
         loop.call_soon(self.started.set)
-        await server.serve(sockets=self._sockets)
+        try:
+            await server.serve(sockets=self._sockets)
+        finally:
+            # On the loop it runs on, before the loop closes: no job fires during shutdown.
+            if self._state is not None and self._state.scheduler is not None:  # type: ignore[attr-defined]
+                self._state.scheduler.shutdown()  # type: ignore[attr-defined]
 
     def run(self) -> None:
         """Serve until stopped (SIGTERM, SIGINT or `request_stop`), then release everything."""
@@ -221,6 +243,8 @@ class Daemon:
         state = self._state
         self._state = None
         if state is not None:
+            if state.scheduler is not None:  # type: ignore[attr-defined]
+                state.scheduler.shutdown()  # type: ignore[attr-defined]
             state.trainings.close()  # type: ignore[attr-defined]
             state.queue.close()  # type: ignore[attr-defined]
             state.engine.close()  # type: ignore[attr-defined]

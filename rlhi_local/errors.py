@@ -17,6 +17,7 @@ ever catch these. Each message names the value, the limit and the fix.
     │   └── NotFoundError          a conversation or message id is unknown (for this user)
     ├── DaemonError            the daemon cannot start or be reached
     │   └── DaemonRunningError     another daemon already serves the socket
+    ├── RewardModelError       a reward-model file (or its sentence encoder) cannot be used
     └── APIError               the daemon answered a client with an error
 """
 
@@ -36,6 +37,7 @@ __all__ = [
     "ModelError",
     "ModelNotFoundError",
     "NotFoundError",
+    "RewardModelError",
     "RlhiError",
     "StoreError",
 ]
@@ -107,6 +109,11 @@ class DaemonError(RlhiError):
 
 class DaemonRunningError(DaemonError):
     """Another daemon already listens on the socket."""
+
+
+class RewardModelError(RlhiError):
+    """A reward-model file is corrupt, truncated or made for other features, or the sentence
+    encoder is missing; the message names the file. The previous version (or the prior) stays in use."""
 
 
 class APIError(RlhiError):

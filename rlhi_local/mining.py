@@ -18,6 +18,7 @@ import logging
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Sequence
 
 from .feedback import DETECTOR_VERSION, classify, normalise, pair_problem
@@ -285,14 +286,23 @@ class Miner:
         self.runs += 1
 
     def _generate(self, messages: list[dict[str, str]], loop: asyncio.AbstractEventLoop) -> str | None:
-        """Called from the mining thread: one sample, or None when the model is wanted."""
+        return self.sample_in_background(messages, loop)
+
+    def sample_in_background(self, messages: list[dict[str, str]], loop: asyncio.AbstractEventLoop, *,
+                             adapter: Path | None = None, max_tokens: int | None = None,
+                             temperature: float = 0.8) -> str | None:
+        """One sample for learning (a rewrite, a User-Based Rewards answer), called from a worker
+        thread: None when the model is wanted for a chat or the user was active too recently.
+        The chat never waits for it: a request arriving mid-sample cancels it (`touch`)."""
         if self.queue.busy or self.queue.waiting:
             return None
         if time.monotonic() - self._last_request < self.config.rewrite_idle_s:
-            return None  # the user is back: rewrites wait for the next quiet spell
-        return asyncio.run_coroutine_threadsafe(self._sample(messages), loop).result()
+            return None  # the user is back: learning samples wait for the next quiet spell
+        coro = self._sample(messages, adapter, max_tokens, temperature)
+        return asyncio.run_coroutine_threadsafe(coro, loop).result()
 
-    async def _sample(self, messages: list[dict[str, str]]) -> str | None:
+    async def _sample(self, messages: list[dict[str, str]], adapter: Path | None = None,
+                      max_tokens: int | None = None, temperature: float = 0.8) -> str | None:
         if self.queue.busy or self.queue.waiting:
             return None
         try:
@@ -300,8 +310,8 @@ class Miner:
             self.queue.reserve()
         except RlhiError:
             return None
-        params = SamplingParams(max_tokens=self.config.rewrite_max_tokens, temperature=0.8)
-        job = self._background = self.queue.submit(prompt, params, background=True)
+        params = SamplingParams(max_tokens=max_tokens or self.config.rewrite_max_tokens, temperature=temperature)
+        job = self._background = self.queue.submit(prompt, params, background=True, adapter=adapter)
         try:
             finish = await job.wait()
         except RlhiError:

@@ -15,6 +15,7 @@ __all__ = [
     "Conversation",
     "Feedback",
     "FeedbackKind",
+    "JobRun",
     "Message",
     "NewMessage",
     "Pair",
@@ -22,6 +23,8 @@ __all__ = [
     "PairStatus",
     "Persona",
     "Origin",
+    "RewardModelRow",
+    "RewardModelStatus",
     "Role",
     "Status",
     "TrainRun",
@@ -219,5 +222,54 @@ class TrainRun:
 
         out = asdict(self)
         out["progress"] = json.loads(self.progress or "{}")
+        out["metrics"] = json.loads(self.metrics or "{}")
+        return out
+
+
+@dataclass(frozen=True)
+class JobRun:
+    """One run of a scheduled job: ok, skipped (with the reason), failed, missed or interrupted."""
+
+    id: int
+    job: str
+    user_id: str | None
+    status: str
+    detail: str
+    started_at: str
+    finished_at: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+RewardModelStatus = Literal["candidate", "active", "rejected", "retired"]
+
+
+@dataclass(frozen=True)
+class RewardModelRow:
+    """One reward-model version of a user (DESIGN §3 `reward_models`). `path` is its .npz file;
+    the accuracies are on the user's held-out pairs with and without the persona input (None
+    when there were none); `trusted` says whether sampling and pair filtering may rely on it;
+    `metrics` is JSON; `reason` says why it was rejected or retired."""
+
+    id: str
+    user_id: str
+    version: int
+    path: str
+    accuracy: float | None
+    accuracy_without_persona: float | None
+    n_train: int
+    n_heldout: int
+    trusted: bool
+    status: RewardModelStatus
+    reason: str
+    metrics: str
+    created_at: str
+    activated_at: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        import json
+
+        out = asdict(self)
         out["metrics"] = json.loads(self.metrics or "{}")
         return out

@@ -40,6 +40,12 @@ CANCEL_GRACE_S = 20.0
 """After SIGTERM the trainer stops at its next step; past this it is killed."""
 
 
+Judge = Callable[[str, Path, Sequence[Any]], "dict[str, Any] | None"]
+"""(user, candidate adapter.gguf, held-out examples) → the reward model's comparison of the
+candidate's answers with the served adapter's: {"prompts", "candidate_mean", "served_mean",
+"served", "win_rate"}, or {"skipped": why} (no trusted reward model, the user was chatting)."""
+
+
 def adapter_file(adapter: Adapter) -> Path:
     return Path(adapter.path) / "adapter.gguf"
 
@@ -130,6 +136,13 @@ def gate(metrics: dict[str, Any], t: TrainingConfig) -> str:
             if acc < active["rewards/accuracies"] or margin <= active["rewards/margins"]:
                 return (f"not better than the active adapter on held-out pairs: accuracy {acc:.2f} vs "
                         f"{active['rewards/accuracies']:.2f}, margin {margin:.3f} vs {active['rewards/margins']:.3f}")
+    reward = metrics.get("reward") or {}
+    if reward.get("prompts"):
+        drop = reward["served_mean"] - reward["candidate_mean"]
+        if drop > t.max_reward_drop:
+            return (f"the user's reward model prefers the served {reward['served']}'s answers: the candidate's "
+                    f"{reward['prompts']} answers to held-out prompts score {drop:.2f} lower "
+                    f"(training.max_reward_drop={t.max_reward_drop})")
     return ""
 
 
@@ -168,6 +181,22 @@ def _rss_mb(pid: int) -> float:
         return 0.0
 
 
+def _child_setup() -> None:
+    """In the trainer child before exec: low priority (the chat keeps the cores it needs), and
+    on Linux die with the daemon, so a daemon killed with -9 leaves no orphan trainer writing
+    into a staging directory that the restarted daemon will reuse."""
+    if hasattr(os, "nice"):
+        os.nice(10)
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        except OSError:
+            pass
+
+
 def _fsync_tree(root: Path) -> None:
     for path in sorted(root.rglob("*")):
         if path.is_file():
@@ -180,6 +209,8 @@ class Trainings:
 
     def __init__(self, store: Store, config: Config, spec: ModelSpec,
                  wait_quiet: Callable[[], bool] = lambda: True) -> None:
+        self.judge: Judge | None = None
+        """Set by the daemon once it serves: the reward model's verdict for the gate."""
         self.store, self.config, self.spec = store, config, spec
         # Paths are fixed when the daemon starts (RLHI_HOME may change later in this process).
         self.root = data_dir() / "adapters"
@@ -267,8 +298,18 @@ class Trainings:
             self.store.update_train_run(run_id, status=outcome, error=error, finished_at=utc_now())
             log.info("training run %s %s: %s", run_id, outcome, error)
             return
+        metrics["peak_rss_mb"] = round(self.peak_rss_mb, 1)  # the schedule sizes the next run by it
         _fsync_tree(staging)
         os.replace(staging, final)
+        if self.judge is not None:
+            self.store.update_train_run(run_id, progress={"event": "phase", "phase": "reward"})
+            try:
+                verdict = self.judge(user_id, final / "adapter.gguf", job.heldout)
+            except Exception:  # boundary: the reward check is one signal; its failure is logged
+                log.exception("training run %s: the reward check failed; the gate goes without it", run_id)
+                verdict = {"skipped": "the reward check failed (see the log)"}
+            if verdict:
+                metrics["reward"] = verdict
         reason = gate(metrics, self.config.training)
         self.store.add_adapter(user_id, version, self.spec.fingerprint, str(final), pair_ids, metrics,
                                "candidate", run_id=run_id)
@@ -291,11 +332,14 @@ class Trainings:
             env["OMP_NUM_THREADS"] = str(t.threads)
         project_root = str(Path(__file__).resolve().parent.parent)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (project_root, env.get("PYTHONPATH", "")) if p)
+        from trainers.backend import child_env
+
+        env.update(child_env(t.backend, cache_dir(self.config)))  # mlx on Linux: OpenBLAS, ~15x faster
         with open(log_path, "w", encoding="utf-8") as log_file:
             # Low priority: the chat keeps the cores it needs while training runs.
             proc = self._proc = subprocess.Popen(
                 [sys.executable, "-m", "trainers", str(job_path)], stdout=subprocess.PIPE, stderr=log_file,
-                text=True, env=env, preexec_fn=lambda: os.nice(10) if hasattr(os, "nice") else None)
+                text=True, env=env, preexec_fn=_child_setup)
             if run_id in self._cancelled:
                 proc.send_signal(signal.SIGTERM)
             watcher = threading.Thread(target=self._watch_memory, args=(proc, run_id), daemon=True)

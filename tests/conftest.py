@@ -54,8 +54,12 @@ def start_thread_daemon(home: Path, flags: dict[str, dict[str, Any]] | None = No
     """Start a real daemon in a thread with RLHI_HOME=home; returns once it accepts requests."""
     old = os.environ.get("RLHI_HOME")
     os.environ["RLHI_HOME"] = str(home)
+    flags = dict(flags or {})
+    # The learning schedule runs only in the tests about it: elsewhere a job firing in the
+    # middle of a test (a nightly training window can be now) would make it flaky.
+    flags.setdefault("schedule", {"enabled": False})
     try:
-        config: Config = load_config(flags or {})
+        config: Config = load_config(flags)
         daemon = Daemon(config)
         daemon.start()
     finally:

@@ -33,7 +33,8 @@ def store(tmp_path: Path) -> Store:
 def test_blank_database_gets_exact_schema(store: Store) -> None:
     cols = {
         t: [r[1] for r in store.db.execute(f"PRAGMA table_info({t})").fetchall()]
-        for t in ("users", "conversations", "messages", "feedback", "pairs", "personas", "adapters", "train_runs")
+        for t in ("users", "conversations", "messages", "feedback", "pairs", "personas", "adapters", "train_runs",
+                  "reward_models")
     }
     assert cols["users"] == ["id", "created_at"]
     assert cols["conversations"] == ["id", "user_id", "title", "created_at", "updated_at"]
@@ -61,7 +62,11 @@ def test_blank_database_gets_exact_schema(store: Store) -> None:
         "id", "user_id", "status", "backend", "pairs", "adapter_version", "progress", "metrics", "error",
         "created_at", "started_at", "finished_at",
     ]
-    assert applied == ["m001_initial", "m002_feedback", "m003_signals", "m004_training"]
+    assert cols["reward_models"] == [
+        "id", "user_id", "version", "path", "accuracy", "accuracy_without_persona", "n_train", "n_heldout",
+        "trusted", "status", "reason", "metrics", "created_at", "activated_at",
+    ]
+    assert applied[:5] == ["m001_initial", "m002_feedback", "m003_signals", "m004_training", "m005_reward"]
 
 
 def test_at_most_one_active_adapter_per_user_and_activation_retires_the_last(tmp_path: Path) -> None:
@@ -80,6 +85,26 @@ def test_at_most_one_active_adapter_per_user_and_activation_retires_the_last(tmp
     assert store.active_adapter("u").version == 2  # type: ignore[union-attr]
     store.activate_adapter("u", None, reason="back to base")
     assert store.active_adapter("u") is None and store.trained_pair_ids("u") == {"p1"}
+    store.close()
+
+
+def test_at_most_one_active_reward_model_per_user(tmp_path: Path) -> None:
+    store = Store(tmp_path / "r.db")
+    for v in (1, 2):
+        store.add_reward_model("u", v, f"/r/v{v}.npz", accuracy=0.7, accuracy_without_persona=0.5, n_train=8,
+                               n_heldout=4, trusted=v == 2, metrics={"v": v})
+    assert store.next_reward_model_version("u") == 3 and store.active_reward_model("u") is None
+    store.activate_reward_model("u", 1, reason="first")
+    row = store.activate_reward_model("u", 2, reason="replaced by v2")
+    assert (row.status, row.trusted, row.to_dict()["metrics"]) == ("active", True, {"v": 2})
+    assert [(r.status, r.reason) for r in store.reward_models("u")] == [("retired", "replaced by v2"), ("active", "")]
+    with pytest.raises(StoreError):  # the partial unique index refuses a second active version
+        with store._atomic() as db:
+            db.execute("UPDATE reward_models SET status = 'active' WHERE version = 1")
+    with pytest.raises(NotFoundError):
+        store.activate_reward_model("u", 9, reason="x")
+    store.set_reward_model_status("u", 2, "rejected", "file unusable")
+    assert store.active_reward_model("u") is None
     store.close()
 
 

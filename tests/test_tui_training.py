@@ -63,6 +63,8 @@ def test_no_adapters_shows_base_and_refuses_too_few_pairs(daemon: RunningDaemon)
             screen = await open_training(pilot)
             assert rows(screen) == []
             assert "No training yet; base answers" in text_of(screen, "#run-title")
+            # The test daemon runs no schedule: the screen says how learning happens then.
+            await until(pilot, lambda: "Off (schedule.enabled = false)" in text_of(screen, "#schedule"))
 
             await pilot.press("t")
             await until(pilot, lambda: any("min_pairs" in m for m in notes(app)))

@@ -16,6 +16,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
+from typing import Any
 
 from .backend import detect, select_backend
 from .job import TrainJob, event_line, read_job
@@ -50,23 +51,14 @@ def _release_memory() -> None:
 
 def run(job: TrainJob) -> dict[str, object]:
     """Train, export, verify and evaluate one candidate; returns its metrics."""
-    import torch
-
-    from .base import base_weights
-    from .export import lora_from_peft, roundtrip_check, write_gguf_adapter
-    from .torch_dpo import DPOTrainer
-
-    backend = select_backend(job.backend, detect(), available=("cuda", "cpu"))
+    backend = select_backend(job.backend, detect())
     threads = job.threads or os.cpu_count() or 1
-    torch.set_num_threads(threads)
-    device = "cuda" if backend == "cuda" else "cpu"
     out = Path(job.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
 
     emit("phase", phase="base")
-    base_dir = base_weights(Path(job.base_gguf), job.base_fingerprint, Path(job.cache_dir))
-    trainer = DPOTrainer(base_dir, job.hparams, device=device)
+    trainer = _trainer(backend, job, threads)
     emit("started", backend=backend, pairs=len(job.train), heldout=len(job.heldout), threads=threads)
     metrics: dict[str, object] = {"backend": backend, "pairs": len(job.train), "threads": threads}
     metrics["train"] = trainer.train(job.train, emit, lambda: _stop)
@@ -74,17 +66,10 @@ def run(job: TrainJob) -> dict[str, object]:
     _release_memory()
     emit("phase", phase="export")
     trainer.save(out / "peft")
-    config = trainer.model.config
-    write_gguf_adapter(
-        out / "adapter.gguf", lora_from_peft(trainer.model), alpha=job.hparams.alpha,
-        n_head=config.num_attention_heads, n_head_kv=config.num_key_value_heads,
-        metadata={"rlhi.base_fingerprint": job.base_fingerprint, "rlhi.adapter_version": job.version},
-    )
     texts = [trainer.tokenizer.apply_chat_template(e.messages + [{"role": "assistant", "content": answer}],
                                                    tokenize=False)
              for e in (job.heldout or job.train)[:2] for answer in (e.chosen, e.rejected)]
-    metrics["export_correlation"] = roundtrip_check(Path(job.base_gguf), out / "adapter.gguf", trainer.model,
-                                                    trainer.tokenizer, texts, n_threads=threads, scale=None)
+    metrics["export_correlation"] = _export(backend, trainer, job, out / "adapter.gguf", texts, threads)
 
     emit("phase", phase="evaluate")
     metrics["candidate"] = trainer.preference(job.heldout)
@@ -97,6 +82,50 @@ def run(job: TrainJob) -> dict[str, object]:
     metrics["seconds"] = time.perf_counter() - started
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
     return metrics
+
+
+def _trainer(backend: str, job: TrainJob, threads: int) -> Any:
+    """The backend's DPOTrainer on the converted base; both backends' trainers have the same
+    methods (trainers.torch_dpo, trainers.mlx_dpo)."""
+    from .base import base_weights
+
+    if backend == "mlx":
+        from .mlx_dpo import set_threads
+
+        if not set_threads(threads) and sys.platform == "linux":
+            log.warning("mlx without OpenBLAS: matrix products use the reference BLAS, ~15x slower; start "
+                        "the trainer with trainers.backend.child_env('mlx', ...) in its environment")
+    else:
+        import torch
+
+        torch.set_num_threads(threads)
+    base_dir = base_weights(Path(job.base_gguf), job.base_fingerprint, Path(job.cache_dir))
+    if backend == "mlx":
+        from .mlx_dpo import DPOTrainer as MLXTrainer
+
+        return MLXTrainer(base_dir, job.hparams)
+    from .torch_dpo import DPOTrainer
+
+    return DPOTrainer(base_dir, job.hparams, device="cuda" if backend == "cuda" else "cpu")
+
+
+def _export(backend: str, trainer: Any, job: TrainJob, path: Path, texts: list[str], threads: int) -> float:
+    """Write the GGUF adapter and return the round-trip correlation of llama.cpp against the trainer."""
+    from .export import lora_from_peft, roundtrip_check, write_gguf_adapter
+
+    metadata = {"rlhi.base_fingerprint": job.base_fingerprint, "rlhi.adapter_version": job.version}
+    if backend == "mlx":
+        config = trainer.config
+        write_gguf_adapter(path, trainer.lora_tensors(), alpha=trainer.lora_alpha(),
+                           n_head=config["num_attention_heads"],
+                           n_head_kv=config.get("num_key_value_heads", config["num_attention_heads"]),
+                           metadata=metadata)
+        return trainer.roundtrip_check(Path(job.base_gguf), path, texts, n_threads=threads, scale=None)
+    config = trainer.model.config
+    write_gguf_adapter(path, lora_from_peft(trainer.model), alpha=job.hparams.alpha,
+                       n_head=config.num_attention_heads, n_head_kv=config.num_key_value_heads, metadata=metadata)
+    return roundtrip_check(Path(job.base_gguf), path, trainer.model, trainer.tokenizer, texts, n_threads=threads,
+                           scale=None)
 
 
 def main(argv: list[str]) -> int:

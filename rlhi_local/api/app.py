@@ -17,6 +17,7 @@ from fastapi.routing import APIRoute
 from starlette.responses import Response
 
 from .. import __version__
+from ..errors import NotFoundError
 from ..mining import mine
 from ..persona import facts_from_json, facts_to_json, render_card, user_edit_facts
 from ..records import Persona
@@ -35,6 +36,7 @@ from .schemas import (
     ErrorBody,
     FeedbackOut,
     FeedbackRequest,
+    JobRunOut,
     Health,
     MessageOut,
     MiningOut,
@@ -44,6 +46,7 @@ from .schemas import (
     PersonaIn,
     PersonaOut,
     RenameRequest,
+    ScheduleOut,
     AdapterList,
     AdapterOut,
     TrainRequest,
@@ -121,7 +124,8 @@ def create_app(state: AppState, token: str | None = None) -> FastAPI:
             },
             "queue": {"waiting": state.queue.waiting, "busy": state.queue.busy, "max": state.queue.max_waiting},
             "learning": {"mining": state.config.learning.mining, "runs": state.miner.runs,
-                         "training": state.trainings.current},
+                         "training": state.trainings.current,
+                         "schedule": state.scheduler.settings.enabled if state.scheduler else False},
         }
 
     @app.get("/v1/conversations", response_model=ConversationList, responses=_ERRORS)
@@ -251,6 +255,20 @@ def create_app(state: AppState, token: str | None = None) -> FastAPI:
     async def activate_adapter(version: int, user: str = Query(DEFAULT_USER, pattern=ID_PATTERN)) -> dict[str, object]:
         """Serve this version from the next request on (an adapter of another base is refused)."""
         return activate(state.store, state.spec, user, version).to_dict()
+
+    @app.get("/v1/schedule", response_model=ScheduleOut, responses=_ERRORS)
+    async def get_schedule() -> dict[str, object]:
+        """The learning jobs: each one's last run (or why it skipped), next run and live progress."""
+        jobs = state.scheduler.status() if state.scheduler else []
+        return {"object": "schedule", "enabled": bool(state.scheduler and state.scheduler.settings.enabled),
+                "paused": not state.config.learning.mining, "jobs": [j.to_dict() for j in jobs]}
+
+    @app.post("/v1/schedule/{job}/run", response_model=JobRunOut, responses=_ERRORS)
+    async def run_job_now(job: Literal["detector", "persona", "reward", "sampling", "training"]) -> dict[str, object]:
+        """Run one learning job now, with the same checks as a scheduled run; returns its outcome."""
+        if state.scheduler is None:
+            raise NotFoundError("The daemon runs no learning schedule.")
+        return (await state.scheduler.run(job)).to_dict()
 
     for route in app.routes:
         if isinstance(route, APIRoute):

@@ -12,6 +12,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 __all__ = [
+    "JobRunOut",
+    "JobStatusOut",
+    "ScheduleOut",
     "ChatCompletion",
     "ChatCompletionRequest",
     "ChatMessage",
@@ -391,3 +394,34 @@ class AdapterList(BaseModel):
     active: int | None
     """The version that answers by default (None: the base model)."""
     data: list[AdapterOut]
+
+
+class JobRunOut(BaseModel):
+    """One run of a scheduled job, with what it did or why it was skipped."""
+
+    id: int
+    job: str
+    user_id: str | None
+    status: Literal["running", "ok", "skipped", "failed", "missed", "interrupted"]
+    detail: str
+    started_at: str
+    finished_at: str | None
+
+
+class JobStatusOut(BaseModel):
+    name: Literal["detector", "persona", "reward", "sampling", "training"]
+    interval_s: float
+    """0: the job is off."""
+    next_run: str | None
+    running: bool
+    progress: dict[str, Any] | None
+    """The running job's progress (training: the run's latest event)."""
+    last: JobRunOut | None
+
+
+class ScheduleOut(BaseModel):
+    object: Literal["schedule"] = "schedule"
+    enabled: bool
+    paused: bool
+    """Learning as a whole is paused (learning.mining = false): every job skips."""
+    jobs: list[JobStatusOut]

@@ -10,6 +10,7 @@ from ..engine import Engine, RequestQueue
 from ..mining import Miner
 from ..models import ModelSpec
 from ..store import Store
+from ..scheduler import Scheduler
 from ..training import Trainings
 
 __all__ = ["AppState"]
@@ -24,4 +25,5 @@ class AppState:
     store: Store
     miner: Miner
     trainings: Trainings
+    scheduler: Scheduler | None = None
     started_at: float = field(default_factory=time.monotonic)

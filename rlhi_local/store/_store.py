@@ -21,6 +21,8 @@ from sqlite_utils import Database
 from ..errors import InvalidRequestError, NotFoundError, StoreError
 from ..records import Conversation, Message, NewMessage, Origin, Status, User, UserFeedbackKind
 from ._ids import utc_now, new_id, path_hash
+from ._reward import RewardMixin
+from ._schedule import ScheduleMixin
 from ._training import TrainingMixin
 from ._signals import SignalsMixin
 from .migrations import migrations
@@ -50,7 +52,7 @@ class PlacedTurn:
     answer_origin: Origin
 
 
-class Store(SignalsMixin, TrainingMixin):
+class Store(SignalsMixin, TrainingMixin, ScheduleMixin, RewardMixin):
     """Owns the SQLite connection. Safe to call from several threads (one lock)."""
 
     def __init__(self, path: Path) -> None:

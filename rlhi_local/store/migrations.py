@@ -194,3 +194,68 @@ def m004_training(db: Database) -> None:
     db.execute(
         "CREATE UNIQUE INDEX IF NOT EXISTS adapters_one_active ON adapters(user_id) WHERE status = 'active'"
     )
+
+
+@migrations()
+def m005_reward(db: Database) -> None:
+    # Reward-model versions per user. A row is written only once its file is complete on disk;
+    # at most one `active` per user (partial unique index), and activation retires the previous
+    # one in the same transaction, so a crash never leaves a user without their last good model.
+    # The accuracies are on the user's held-out pairs, with and without the persona input.
+    db.execute(
+        """
+        CREATE TABLE IF NOT EXISTS reward_models (
+            id TEXT PRIMARY KEY,
+            user_id TEXT NOT NULL REFERENCES users(id),
+            version INTEGER NOT NULL,
+            path TEXT NOT NULL,
+            accuracy REAL,
+            accuracy_without_persona REAL,
+            n_train INTEGER NOT NULL DEFAULT 0,
+            n_heldout INTEGER NOT NULL DEFAULT 0,
+            trusted INTEGER NOT NULL DEFAULT 0,
+            status TEXT NOT NULL CHECK (status IN ('candidate', 'active', 'rejected', 'retired')),
+            reason TEXT NOT NULL DEFAULT '',
+            metrics TEXT NOT NULL DEFAULT '{}',
+            created_at TEXT NOT NULL,
+            activated_at TEXT,
+            UNIQUE (user_id, version)
+        )
+        """
+    )
+    db.execute(
+        "CREATE UNIQUE INDEX IF NOT EXISTS reward_models_one_active ON reward_models(user_id) "
+        "WHERE status = 'active'"
+    )
+
+
+@migrations()
+def m006_schedule(db: Database) -> None:
+    # APScheduler's persistent job store (its SQLAlchemy store's layout: next run as a UTC
+    # timestamp, the pickled job state), and our log of what each scheduled job did or why it
+    # skipped. The job rows are rebuilt from the config if they cannot be read.
+    db.execute(
+        """
+        CREATE TABLE IF NOT EXISTS schedule_jobs (
+            id TEXT PRIMARY KEY,
+            next_run_time REAL,
+            job_state BLOB NOT NULL
+        )
+        """
+    )
+    db.execute("CREATE INDEX IF NOT EXISTS schedule_jobs_next ON schedule_jobs(next_run_time)")
+    db.execute(
+        """
+        CREATE TABLE IF NOT EXISTS job_runs (
+            id INTEGER PRIMARY KEY,
+            job TEXT NOT NULL,
+            user_id TEXT,
+            status TEXT NOT NULL
+                CHECK (status IN ('running', 'ok', 'skipped', 'failed', 'missed', 'interrupted')),
+            detail TEXT NOT NULL DEFAULT '',
+            started_at TEXT NOT NULL,
+            finished_at TEXT
+        )
+        """
+    )
+    db.execute("CREATE INDEX IF NOT EXISTS job_runs_job ON job_runs(job, id)")

@@ -74,6 +74,7 @@ class TrainingScreen(ModalScreen[None]):
                 yield Static("", markup=False, id="run-detail")
                 yield Static("", markup=False, id="run-outcome")
             yield DataTable(cursor_type="row", zebra_stripes=False, id="adapters")
+            yield Static("", markup=False, id="schedule")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -83,6 +84,7 @@ class TrainingScreen(ModalScreen[None]):
         for label, key in (("Version", "version"), ("Status", "status"), ("Held-out acc", "accuracy"),
                            ("KL", "kl"), ("Trained on", "pairs"), ("Reason", "reason")):
             table.add_column(label, key=key)
+        self.query_one("#schedule", Static).border_title = "Learning schedule"
         table.focus()
         self._load()
 
@@ -103,6 +105,9 @@ class TrainingScreen(ModalScreen[None]):
         listing = await self._ask(self.client().adapters(user=self.user))
         if listing is not None:
             self._show_adapters(listing)
+        schedule = await self._ask(self.client().schedule())
+        if schedule is not None:
+            self.query_one("#schedule", Static).update(describe_schedule(schedule))
 
     def _show_adapters(self, listing: dict[str, Any]) -> None:
         self.served = listing.get("active")
@@ -198,6 +203,24 @@ class TrainingScreen(ModalScreen[None]):
 
     async def _ask(self, call: Awaitable[T]) -> T | None:
         return await ask_daemon(self, call, "The training call failed")
+
+
+def describe_schedule(schedule: dict[str, Any]) -> str:
+    """One line per learning job: when it runs next, and what it did last (or why it skipped)."""
+    if not schedule.get("enabled"):
+        return "Off (schedule.enabled = false): learning runs only when you press t."
+    lines = ["Learning is paused (learning.mining = false)."] if schedule.get("paused") else []
+    for job in schedule.get("jobs", []):
+        if not job.get("interval_s"):
+            lines.append(f"{job['name']:<9} off")
+            continue
+        last = job.get("last")
+        said = f"{last['status']}: {last['detail']}" if last else "not run yet"
+        if job.get("running"):
+            said = "running now"
+        nxt = str(job.get("next_run") or "")[11:16] or "-"
+        lines.append(f"{job['name']:<9} next {nxt} UTC · {said}")
+    return "\n".join(lines)
 
 
 def describe_progress(run: dict[str, Any]) -> str:
