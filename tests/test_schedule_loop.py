@@ -31,9 +31,13 @@ from tests.conftest import RunningDaemon, start_thread_daemon, stop_thread_daemo
 
 TRAINING = {"rank": 8, "alpha": 16.0, "epochs": 3, "batch_size": 2, "max_len": 192, "lr": 3e-4,
             "min_pairs": 6, "threads": 2, "min_accuracy": 0.5, "max_kl": 1.0, "max_ppl_ratio": 3.0}
-SCHEDULE = {"enabled": True, "detector_minutes": 0.03, "persona_minutes": 0.05, "reward_minutes": 0.2,
-            "sampling_minutes": 0, "training_minutes": 0.05, "training_window": "", "train_idle_minutes": 0,
-            "train_min_new_pairs": 6, "skip_on_battery": False}
+SCHEDULE = {"enabled": True, "detector_minutes": 0.03, "persona_minutes": 0.05, "reward_minutes": 0.1,
+            "sampling_minutes": 0.1, "training_minutes": 0.05, "training_window": "", "train_idle_minutes": 0,
+            "train_min_new_pairs": 6, "skip_on_battery": False, "sampling_k": 2, "sampling_turns": 2,
+            "sampling_max_tokens": 48, "sampling_margin": 0.5}
+REWARD = {"min_heldout": 2, "min_accuracy": 0.5}
+"""Twelve pairs leave two held out: enough here for the reward model to be trusted, so sampling
+and the gate's reward check take part in the loop."""
 TOPICS = ["tea", "bicycles", "volcanoes", "libraries", "rain", "bridges", "clocks", "honey", "maps", "kites",
           "glass", "salt"]
 HELD_OUT = ["Tell me about lighthouses.", "Tell me about pianos.", "Tell me about deserts.",
@@ -61,7 +65,7 @@ def loop_daemon() -> Iterator[RunningDaemon]:
     shared_base_dir()
     home = Path(tempfile.mkdtemp(prefix="rhl", dir="/tmp"))
     running = start_thread_daemon(home, {
-        "training": {**TRAINING, "cache_dir": str(shared_cache_root())}, "schedule": SCHEDULE,
+        "training": {**TRAINING, "cache_dir": str(shared_cache_root())}, "schedule": SCHEDULE, "reward": REWARD,
         "learning": {"rewrite_idle_s": 1.0, "mining_delay_s": 0.2}})
     yield running
     stop_thread_daemon(running)
@@ -171,6 +175,16 @@ def test_two_users_each_learn_their_own_preference_unattended(loop_daemon: Runni
                 assert set(json.loads(adapter.pair_ids)) <= own
                 assert f"/adapters/{user}/" in adapter.path
 
+        # The reward half ran unattended too: trusted reward models, User-Based Rewards sampled for
+        # the turns nobody judged, and the gate's reward check on each promoted adapter.
+        for user in (TERSE, DETAILED):
+            row = store.active_reward_model(user)
+            assert row is not None and row.trusted, row
+            assert "reward" in json.loads(store.active_adapter(user).metrics)
+        assert wait_for(lambda: any(p.origin == "user_reward" for u in (TERSE, DETAILED) for p in store.pairs(u)),
+                        180, 1.0), store.job_runs("sampling", 5)
+        sampled = [r for r in store.job_runs("sampling", 200) if r.status == "ok" and "turns" in r.detail]
+        assert sampled, store.job_runs("sampling", 5)
         jobs = {j["name"]: j for j in c.schedule()["jobs"]}
         assert jobs["detector"]["last"]["status"] == "ok"
         assert jobs["training"]["last"] is not None
