@@ -31,7 +31,7 @@ AUTO_SCALE_MAX = 50.0
 
 __all__ = [
     "GGUF_NAMES", "LoraTensors", "lora_from_peft", "peft_alpha", "read_gguf_adapter_metadata",
-    "roundtrip_check", "write_gguf_adapter",
+    "roundtrip_check", "teacher_forced_logits", "write_gguf_adapter",
 ]
 
 LoraTensors = dict[tuple[int, str], tuple[np.ndarray, np.ndarray]]
@@ -195,6 +195,26 @@ def read_gguf_adapter_metadata(path: Path) -> dict[str, str | float]:
     return values
 
 
+def teacher_forced_logits(gguf_base: Path, ids: list[list[int]], lora: Path | None, scale: float,
+                          n_threads: int) -> list[np.ndarray]:
+    """llama.cpp's logits at every position of each token sequence, with the GGUF adapter `lora`
+    at `scale` (None: the base alone). The round-trip checks of both backends use this."""
+    from llama_cpp import Llama
+
+    n_ctx = max(len(seq) for seq in ids) + 8
+    llm = Llama(str(gguf_base), n_ctx=n_ctx, n_batch=n_ctx, n_threads=n_threads, n_threads_batch=n_threads,
+                lora_path=str(lora) if lora else None, lora_scale=scale, logits_all=True, verbose=False)
+    try:
+        out = []
+        for seq in ids:
+            llm.reset()
+            llm.eval(seq)
+            out.append(np.array(llm.scores[: len(seq)], dtype=np.float32))
+        return out
+    finally:
+        llm.close()
+
+
 def roundtrip_check(
     gguf_base: Path, adapter_path: Path, peft_model: Any, tokenizer: Any, texts: list[str],
     n_threads: int = 2, *, scale: float | None = 1.0, adapter: str = "default",
@@ -217,26 +237,14 @@ def roundtrip_check(
     machine: the OpenMP threads of both spin-wait and crawl (10-20x) when cores are contended.
     """
     import torch
-    from llama_cpp import Llama
 
     ids = [list(tokenizer(text)["input_ids"]) for text in texts]
     if not ids or min(len(seq) for seq in ids) < 1:
         raise ValueError("roundtrip_check needs non-empty texts")
-    n_ctx = max(len(seq) for seq in ids) + 8
 
     def llama_logits(lora: Path | None) -> list[np.ndarray]:
-        llm = Llama(str(gguf_base), n_ctx=n_ctx, n_batch=n_ctx, n_threads=n_threads,
-                    n_threads_batch=n_threads, lora_path=str(lora) if lora else None,
-                    lora_scale=scale, logits_all=True, verbose=False)
-        try:
-            out = []
-            for seq in ids:  # the same ids as torch, so no BOS handling differences
-                llm.reset()
-                llm.eval(seq)
-                out.append(np.array(llm.scores[: len(seq)], dtype=np.float32))
-            return out
-        finally:
-            llm.close()
+        # The same ids as torch, so no BOS handling differences.
+        return teacher_forced_logits(gguf_base, ids, lora, scale, n_threads)
 
     def torch_logits(seq: list[int]) -> np.ndarray:
         logits = peft_model(input_ids=torch.tensor([seq], device=device)).logits[0]

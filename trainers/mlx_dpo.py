@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from .export import AUTO_SCALE_MAX, AUTO_SCALE_STD, GGUF_NAMES, LoraTensors
+from .export import AUTO_SCALE_MAX, AUTO_SCALE_STD, GGUF_NAMES, LoraTensors, teacher_forced_logits
 from .job import Example, HParams, RegressionItem
 from .torch_dpo import Cancelled, Encoded, encode
 
@@ -401,23 +401,7 @@ class DPOTrainer:
 
 def _llama_deltas(gguf_base: Path, adapter: Path, ids: list[list[int]], scale: float, n_threads: int) -> np.ndarray:
     """llama.cpp's logits with the adapter at `scale` minus without, teacher-forced on `ids`."""
-    from llama_cpp import Llama
-
-    n_ctx = max(len(seq) for seq in ids) + 8
-
-    def logits(lora: Path | None) -> list[np.ndarray]:
-        llm = Llama(str(gguf_base), n_ctx=n_ctx, n_batch=n_ctx, n_threads=n_threads, n_threads_batch=n_threads,
-                    lora_path=str(lora) if lora else None, lora_scale=scale, logits_all=True, verbose=False)
-        try:
-            out = []
-            for seq in ids:
-                llm.reset()
-                llm.eval(seq)
-                out.append(np.array(llm.scores[: len(seq)], dtype=np.float32))
-            return out
-        finally:
-            llm.close()
-
-    base = logits(None)
-    return np.concatenate([(t - b).ravel() for t, b in zip(logits(adapter), base)])
+    base = teacher_forced_logits(gguf_base, ids, None, scale, n_threads)
+    tuned = teacher_forced_logits(gguf_base, ids, adapter, scale, n_threads)
+    return np.concatenate([(t - b).ravel() for t, b in zip(tuned, base)])
 
