@@ -275,7 +275,7 @@ class Miner:
                 if report.pending or self.store.pairs(user_id, status="pending"):
                     if time.monotonic() - self._last_request >= self.config.rewrite_idle_s:
                         await asyncio.to_thread(
-                            rewrite_pending, self.store, user_id, lambda m: self._generate(m, loop),
+                            rewrite_pending, self.store, user_id, lambda m: self.sample_in_background(m, loop),
                             self.config.rewrite_samples,
                         )
                     if self.store.pairs(user_id, status="pending"):
@@ -284,9 +284,6 @@ class Miner:
             except Exception:  # boundary: a failed mining run must never disturb serving
                 log.exception("mining failed for user %s", user_id)
         self.runs += 1
-
-    def _generate(self, messages: list[dict[str, str]], loop: asyncio.AbstractEventLoop) -> str | None:
-        return self.sample_in_background(messages, loop)
 
     def sample_in_background(self, messages: list[dict[str, str]], loop: asyncio.AbstractEventLoop, *,
                              adapter: Path | None = None, max_tokens: int | None = None,

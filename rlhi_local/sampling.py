@@ -19,8 +19,8 @@ from typing import Callable, Sequence
 
 from .config import Config
 from .feedback import pair_problem
-from .persona import with_persona
 from .store import Store
+from .training import _messages
 
 __all__ = ["SamplingReport", "sample_user_rewards"]
 
@@ -58,8 +58,7 @@ def sample_user_rewards(
         progress(i, len(answers))
         path = store.branch(answer.parent_id or "")
         prompt = [{"role": m.role, "content": m.content} for m in path]
-        system_prompt = "" if prompt and prompt[0]["role"] == "system" else config.generation.system_prompt
-        messages = with_persona(prompt, card, system_prompt)
+        messages = _messages(store, config, user_id, prompt, version)  # as the chat route builds them
         samples: list[str] = []
         for _ in range(k):
             text = generate(messages)

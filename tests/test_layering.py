@@ -34,7 +34,7 @@ ALLOWED: dict[str, set[str]] = {
     "reward": BASE | {"engine"},
     "rewarding": BASE | {"reward", "store", "training"},
     "signals_cli": {"feedback", "errors", "config"},
-    "sampling": BASE | {"feedback", "persona", "store"},
+    "sampling": BASE | {"feedback", "store", "training"},
     "scheduler": BASE | {"engine", "feedback", "mining", "models", "reward", "rewarding", "sampling", "store",
                          "training"},
     "__main__": {"cli"},
