@@ -20,6 +20,8 @@ from click_default_group import DefaultGroup
 from . import __version__
 from .config import Config, data_dir, load_config, socket_path
 from .errors import DaemonError, RlhiError
+from .learning_cli import pause, resume
+from .privacy_cli import export, forget
 from .signals_cli import signals
 from .train_cli import adapters, train
 
@@ -86,6 +88,9 @@ def serve(ctx: click.Context, tcp_port: int | None, verbose: bool) -> None:
     handlers: list[logging.Handler] = [logging.StreamHandler()]
     try:
         ensure_private_dir(data_dir())
+    except RlhiError as exc:  # a data dir another user owns: refused before anything is written
+        raise click.ClickException(str(exc)) from exc
+    try:
         _daemon_log().parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         handlers.append(logging.FileHandler(_daemon_log(), encoding="utf-8"))
         os.chmod(_daemon_log(), 0o600)
@@ -130,16 +135,19 @@ def status(ctx: click.Context, as_json: bool) -> None:
     click.echo(f"          {m['path']}")
     click.echo(f"          sha256 {m['fingerprint']}")
     click.echo(f"queue     {'busy' if q['busy'] else 'idle'}, {q['waiting']} waiting")
+    for problem in health.get("problems", []):
+        click.echo(f"problem   {problem['message']}")
     for line in schedule_lines(schedule):
         click.echo(line)
 
 
 def schedule_lines(schedule: dict[str, Any]) -> list[str]:
     """`rlhi status`'s learning part: each job's last outcome (or skip reason) and next run."""
+    reason = str(schedule.get("paused_reason") or "learning is paused").removeprefix("learning is ")
+    paused = [f"learning  {reason}"] if schedule.get("paused") else []
     if not schedule.get("enabled"):
-        return ["learning  schedule off (schedule.enabled = false): learning runs only when asked"]
-    head = "learning  paused (learning.mining = false)" if schedule.get("paused") else "learning  schedule"
-    lines = [head]
+        return [*paused, "learning  schedule off (schedule.enabled = false): learning runs only when asked"]
+    lines = paused or ["learning  schedule"]
     for job in schedule.get("jobs", []):
         if not job["interval_s"]:
             lines.append(f"  {job['name']:<9} off")
@@ -171,20 +179,25 @@ def _stream(client: Any, messages: list[dict[str, str]], conversation_id: str | 
 @click.option("--temperature", type=click.FloatRange(0, 2), default=None)
 @click.option("--seed", type=int, default=None)
 @click.option("--no-start", is_flag=True, help="Fail instead of starting a daemon.")
+@click.option("--off-record", is_flag=True,
+              help="Answer without storing anything: never mined, learned from or kept.")
 @click.pass_context
 def ask(ctx: click.Context, prompt: str, conversation_id: str | None, max_tokens: int | None,
-        temperature: float | None, seed: int | None, no_start: bool) -> None:
+        temperature: float | None, seed: int | None, no_start: bool, off_record: bool) -> None:
     """Ask one question and stream the answer (starts the daemon if none runs).
 
-    Example: rlhi ask "What is a LoRA adapter?"
+    Example: rlhi ask "What is a LoRA adapter?"   (--off-record: nothing of it is kept)
     """
+    if off_record and conversation_id:
+        raise click.UsageError("--off-record cannot continue a stored conversation (-c): nothing of it "
+                               "would be stored, and the stored part would be sent as history.")
     config = _config(ctx)
     try:
         if not no_start:
             ensure_daemon(config)
     except RlhiError as exc:
         raise click.ClickException(str(exc)) from exc
-    params = {"max_tokens": max_tokens, "temperature": temperature, "seed": seed}
+    params = {"max_tokens": max_tokens, "temperature": temperature, "seed": seed, "off_record": off_record}
     with _client(config) as client:
         for chunk in _stream(client, [{"role": "user", "content": prompt}], conversation_id, params):
             click.echo(chunk.text, nl=False)
@@ -428,3 +441,7 @@ def models(ctx: click.Context, as_json: bool) -> None:
 cli.add_command(signals)
 cli.add_command(train)
 cli.add_command(adapters)
+cli.add_command(export)
+cli.add_command(forget)
+cli.add_command(pause)
+cli.add_command(resume)

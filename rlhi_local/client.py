@@ -57,6 +57,8 @@ class ChatChunk:
     conversation_id: str | None = None
     message_id: str | None = None
     usage: dict[str, int] | None = None
+    adapter_version: int | None = None
+    """On the first chunk: the adapter version that answers (None: the base model)."""
 
 
 def default_socket() -> Path:
@@ -133,7 +135,15 @@ def _chunk(line: str) -> ChatChunk | None:
         conversation_id=ids.get("conversation_id"),
         message_id=ids.get("message_id"),
         usage=event.get("usage"),
+        adapter_version=ids.get("adapter_version"),
     )
+
+
+def _forget_body(conversation_id: str | None, since: str | None, until: str | None, everything: bool,
+                 user: str | None) -> dict[str, Any]:
+    body: dict[str, Any] = {"conversation_id": conversation_id, "since": since, "until": until,
+                            "everything": everything, "user": user}
+    return {k: v for k, v in body.items() if v not in (None, False)}
 
 
 def _no_daemon(socket: Path, exc: Exception) -> DaemonError:
@@ -282,6 +292,41 @@ class Client:
         """Run one learning job now (detector, persona, reward, sampling, training); its outcome."""
         return dict(self._request("POST", f"/v1/schedule/{job}/run"))
 
+    def export(self, user: str | None = None) -> Iterator[dict[str, Any]]:
+        """Everything stored about the user, one `{"table", "row"}` object per stored row, between
+        an `export` header and an `export_end` line with the counts (README: "Your data")."""
+        params = {"user": user} if user else {}
+        try:
+            with self._http.stream("GET", "/v1/export", params=params) as response:
+                if response.status_code >= 400:
+                    raise _error(response.status_code, response.read())
+                for line in response.iter_lines():
+                    if line.strip():
+                        yield json.loads(line)
+        except (httpx.ConnectError, FileNotFoundError) as exc:
+            raise _no_daemon(self.socket, exc) from exc
+        except httpx.TransportError as exc:
+            raise DaemonError(f"The daemon on {self.socket} went away mid-export ({exc}).") from exc
+
+    def forget(self, *, conversation_id: str | None = None, since: str | None = None, until: str | None = None,
+               everything: bool = False, user: str | None = None) -> dict[str, Any]:
+        """Forget one conversation, a date range (ISO dates or times) or everything, for good;
+        returns what was deleted and retired, and the retraining queued."""
+        return dict(self._request("POST", "/v1/forget",
+                                  json=_forget_body(conversation_id, since, until, everything, user)))
+
+    def learning(self) -> dict[str, Any]:
+        """`{"paused", "reason", "changed_at"}`: whether learning as a whole is paused, and why."""
+        return dict(self._request("GET", "/v1/learning"))
+
+    def pause_learning(self) -> dict[str, Any]:
+        """Pause all learning (kept across restarts); cancels a training run (`cancelled_run`)."""
+        return dict(self._request("POST", "/v1/learning/pause"))
+
+    def resume_learning(self) -> dict[str, Any]:
+        """Learn again; `paused` stays true while the config's learning.mining is false."""
+        return dict(self._request("POST", "/v1/learning/resume"))
+
 
 class AsyncClient:
     """Asynchronous client over the Unix socket (the TUI uses this one)."""
@@ -387,11 +432,43 @@ class AsyncClient:
     async def adapters(self, user: str | None = None) -> dict[str, Any]:
         return dict(await self._request("GET", "/v1/adapters", params={"user": user} if user else {}))
 
+    async def activate_adapter(self, version: int, user: str | None = None) -> dict[str, Any]:
+        return dict(await self._request("POST", f"/v1/adapters/{version}/activate",
+                                        params={"user": user} if user else {}))
+
     async def rollback_adapter(self, user: str | None = None) -> dict[str, Any]:
         return dict(await self._request("POST", "/v1/adapters/rollback", params={"user": user} if user else {}))
 
     async def schedule(self) -> dict[str, Any]:
         return dict(await self._request("GET", "/v1/schedule"))
+
+    async def export(self, user: str | None = None) -> AsyncIterator[dict[str, Any]]:
+        params = {"user": user} if user else {}
+        try:
+            async with self._http.stream("GET", "/v1/export", params=params) as response:
+                if response.status_code >= 400:
+                    raise _error(response.status_code, await response.aread())
+                async for line in response.aiter_lines():
+                    if line.strip():
+                        yield json.loads(line)
+        except (httpx.ConnectError, FileNotFoundError) as exc:
+            raise _no_daemon(self.socket, exc) from exc
+        except httpx.TransportError as exc:
+            raise DaemonError(f"The daemon on {self.socket} went away mid-export ({exc}).") from exc
+
+    async def forget(self, *, conversation_id: str | None = None, since: str | None = None,
+                     until: str | None = None, everything: bool = False, user: str | None = None) -> dict[str, Any]:
+        return dict(await self._request("POST", "/v1/forget",
+                                        json=_forget_body(conversation_id, since, until, everything, user)))
+
+    async def learning(self) -> dict[str, Any]:
+        return dict(await self._request("GET", "/v1/learning"))
+
+    async def pause_learning(self) -> dict[str, Any]:
+        return dict(await self._request("POST", "/v1/learning/pause"))
+
+    async def resume_learning(self) -> dict[str, Any]:
+        return dict(await self._request("POST", "/v1/learning/resume"))
 
 
 def ensure_daemon(socket: str | Path | None = None, wait_s: float = 120.0,

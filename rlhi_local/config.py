@@ -19,6 +19,7 @@ from .errors import ConfigError
 
 __all__ = [
     "Config",
+    "DetectorConfig",
     "GenerationConfig",
     "LearningConfig",
     "ModelConfig",
@@ -96,6 +97,25 @@ class LearningConfig:
 
 
 @dataclass(frozen=True)
+class DetectorConfig:
+    """Who labels follow-ups (DESIGN §4): the rules, or a capable model the user configured.
+
+    The rules stay the default: on our labelled sets they beat the embedded 135M model by a wide
+    margin (benchmarks/feedback_detector.py --model), in microseconds a line instead of seconds.
+    A model's label is kept only at `min_confidence` or above; below it, or when its output is
+    unusable, the rules' label stands, and every stored label says which detector produced it."""
+
+    model: str = ""
+    """"" (the rules only), "served" (the daemon's own model, as a background job that any chat
+    preempts) or the path of a GGUF file (loaded on first use in the mining thread, one thread)."""
+    min_confidence: float = 0.5
+    """The model's label replaces the rules' only at this confidence (its own 0-1 estimate) or
+    above. Above 1: the model runs but its labels are never used (for evaluation)."""
+    max_tokens: int = 96
+    """Length cap of the model's JSON verdict (about 40 tokens without an instruction)."""
+
+
+@dataclass(frozen=True)
 class TrainingConfig:
     """LoRA + DPO training and the promotion gate. Defaults are what DESIGN §7 measured to
     learn on the embedded 135M model without degenerating."""
@@ -106,6 +126,9 @@ class TrainingConfig:
     """CPU threads for training. 0: the physical cores."""
     memory_mb: int = 4096
     """The training process is stopped if its memory passes this (serving keeps its own)."""
+    nice: int = 10
+    """Niceness of the trainer process (0-19): above 0 the chat keeps the cores it needs. On a
+    machine busy with other work a high value can starve the trainer; 0 runs it at normal priority."""
     min_pairs: int = 8
     """Ready pairs needed before a run starts."""
     heldout_fraction: float = 0.2
@@ -132,8 +155,12 @@ class TrainingConfig:
     min_export_correlation: float = 0.95
     """Gate: llama.cpp + exported adapter must move the logits as torch + adapter does."""
     max_reward_drop: float = 0.5
-    """Gate (with a trusted reward model): the candidate's answers to held-out prompts may score at
-    most this much (mean, logits) below the served adapter's answers."""
+    """Gate (with a trusted reward model): the candidate's answers may score at most this much
+    below the served adapter's answers, in units of the reward model's own held-out margin (its
+    mean chosen - rejected gap on the user's held-out pairs): 0.5 = half the gap between what
+    the user prefers and what they reject. A scale of the model's own, not raw logits, because
+    two users' reward models score on different scales. A candidate is rejected only when it
+    also loses on most prompts, so one outlier answer does not decide."""
     cache_dir: str | None = None
     """Where converted base weights are cached. Unset: `cache/` in the data dir."""
 
@@ -206,6 +233,12 @@ class RewardConfig:
     """CPU threads for the sentence encoder and the fit (the chat keeps the other cores)."""
     cache_size: int = 4096
     """Texts whose embeddings are kept in memory (persona lines and prompts repeat)."""
+    gate_prompts: int = 6
+    """Prompts the gate's reward check answers with both the candidate and the served adapter:
+    the held-out pairs' prompts first, then the user's recent prompts that no pair trains on."""
+    gate_max_tokens: int = 384
+    """Answer length limit in the gate's reward check. Whole answers: a cut-off answer is scored
+    as a different, worse kind of answer, and cuts hit long answers only."""
 
 
 @dataclass(frozen=True)
@@ -214,6 +247,7 @@ class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     learning: LearningConfig = field(default_factory=LearningConfig)
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
@@ -352,6 +386,7 @@ def _validate(config: Config) -> None:
         (t.backend in {"auto", "cuda", "mlx", "cpu"}, "training.backend", t.backend, "auto, cuda, mlx or cpu"),
         (t.threads >= 0, "training.threads", t.threads, "0 (auto) or more"),
         (t.memory_mb >= 256, "training.memory_mb", t.memory_mb, "at least 256"),
+        (0 <= t.nice <= 19, "training.nice", t.nice, "from 0 to 19"),
         (t.min_pairs >= 2, "training.min_pairs", t.min_pairs, "at least 2"),
         (0 <= t.heldout_fraction < 1, "training.heldout_fraction", t.heldout_fraction, "from 0 to below 1"),
         (t.rank >= 1, "training.rank", t.rank, "at least 1"),
@@ -399,7 +434,7 @@ def _validate(config: Config) -> None:
         (sc.sampling_days > 0, "schedule.sampling_days", sc.sampling_days, "above 0"),
         (sc.sampling_max_tokens >= 8, "schedule.sampling_max_tokens", sc.sampling_max_tokens, "at least 8"),
     ]
-    for ok, key, value, rule in checks + _reward_checks(config.reward):
+    for ok, key, value, rule in checks + _reward_checks(config.reward) + _detector_checks(config.detector):
         if not ok:
             raise ConfigError(f"Config '{key}' has value {value!r}. It must be {rule}.")
     try:
@@ -426,6 +461,19 @@ def _valid_window(window: str) -> bool:
     return True
 
 
+def _detector_checks(d: DetectorConfig) -> list[tuple[bool, str, Any, str]]:
+    # A path is checked for existence when the detector is built (daemon start, `rlhi signals
+    # classify`), not here: every command loads the config, and most never use the detector.
+    model = d.model.strip()
+    return [
+        (model in {"", "served"} or model.lower().endswith(".gguf"), "detector.model", d.model,
+         '"" (the rules only), "served" (the daemon\'s own model) or the path of a .gguf file'),
+        (d.min_confidence >= 0, "detector.min_confidence", d.min_confidence,
+         "0 or more (above 1: the model's labels are never used)"),
+        (16 <= d.max_tokens <= 1024, "detector.max_tokens", d.max_tokens, "from 16 to 1024"),
+    ]
+
+
 def _reward_checks(r: RewardConfig) -> list[tuple[bool, str, Any, str]]:
     return [
         (r.min_pairs >= 2, "reward.min_pairs", r.min_pairs, "at least 2"),
@@ -436,6 +484,8 @@ def _reward_checks(r: RewardConfig) -> list[tuple[bool, str, Any, str]]:
         (r.max_iter >= 1, "reward.max_iter", r.max_iter, "at least 1"),
         (r.threads >= 1, "reward.threads", r.threads, "at least 1"),
         (r.cache_size >= 0, "reward.cache_size", r.cache_size, "0 or more"),
+        (r.gate_prompts >= 1, "reward.gate_prompts", r.gate_prompts, "at least 1"),
+        (r.gate_max_tokens >= 16, "reward.gate_max_tokens", r.gate_max_tokens, "at least 16"),
     ]
 
 

@@ -25,6 +25,8 @@ from .config import Config, data_dir, runtime_dir, socket_path
 from .errors import DaemonError, DaemonRunningError
 
 if TYPE_CHECKING:
+    from .engine import RequestQueue
+    from .models import ModelSpec
     from .scheduler import RewardJobs
     from .store import Store
 
@@ -40,9 +42,17 @@ def pid_path(config: Config) -> Path:
 
 
 def ensure_private_dir(path: Path) -> None:
-    """Create `path` with mode 0700, or repair a looser mode (saying so)."""
+    """Create `path` with mode 0700, or repair a looser mode (saying so). A directory owned by
+    another user is refused: its owner could read what we keep there, or swap the files."""
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    mode = stat.S_IMODE(path.stat().st_mode)
+    info = path.stat()
+    if info.st_uid != os.geteuid():
+        raise DaemonError(
+            f"{path} belongs to uid {info.st_uid}, but this daemon runs as uid {os.geteuid()}: it keeps "
+            f"private data there and will not use a directory another user owns. Set RLHI_HOME to a "
+            f"directory of your own, or, if it is yours, `chown -R {os.geteuid()} {path}`."
+        )
+    mode = stat.S_IMODE(info.st_mode)
     if mode & 0o077:
         log.warning("repairing permissions of %s: %o -> 700 (it held private data)", path, mode)
         os.chmod(path, 0o700)
@@ -59,6 +69,17 @@ def _load_token(config: Config) -> str:
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(token + "\n")
     return token
+
+
+def _check_adapters(store: "Store", queue: "RequestQueue", spec: "ModelSpec") -> None:
+    """Load every user's active adapter before serving, so one that llama.cpp cannot use (a
+    truncated or deleted file) is found and logged with its file now, and its user is answered
+    by the base model from the first request on, instead of that user's chats failing."""
+    from .training import adapter_file
+
+    for adapter in store.active_adapters():
+        if adapter.base_fingerprint == spec.fingerprint:  # another base's: /health says so
+            queue.probe_adapter(adapter_file(adapter))
 
 
 def _reward_jobs(store: "Store", config: Config) -> "RewardJobs | None":
@@ -94,6 +115,9 @@ class Daemon:
     def start(self) -> None:
         """Prepare everything to serve; raises `RlhiError` (and cleans up) on failure."""
         os.umask(0o077)
+        from .models import OFFLINE_ENV
+
+        os.environ.update(OFFLINE_ENV)  # inherited by the trainer children too
         try:
             self._start()
         except BaseException:
@@ -128,8 +152,9 @@ class Daemon:
             store.close()
             raise
         queue = RequestQueue(engine, self.config.server.max_queue)
-        miner = Miner(store, queue, self.config.learning)
-        trainings = Trainings(store, self.config, spec, wait_quiet=miner.quiet_for_training)
+        _check_adapters(store, queue, spec)
+        miner = Miner(store, queue, self.config.learning, detector=self.config.detector)
+        trainings = Trainings(store, self.config, spec, wait_quiet=miner.quiet_for_training, paused=miner.paused)
         scheduler = Scheduler(store, self.config, miner=miner, trainings=trainings, queue=queue, spec=spec,
                               reward_jobs=_reward_jobs(store, self.config))
         self._state = AppState(
@@ -143,6 +168,8 @@ class Daemon:
         self._app = create_app(self._state, token=self.token)
         pid_path(self.config).write_text(f"{os.getpid()}\n", encoding="utf-8")
         log.info("daemon ready socket=%s model=%s pid=%d", self.socket_path, spec.id, os.getpid())
+        if miner.paused():
+            log.info("%s", miner.paused())
 
     def _acquire_lock(self) -> None:
         lock_path = Path(str(self.socket_path) + ".lock")

@@ -14,7 +14,9 @@ ever catch these. Each message names the value, the limit and the fix.
     │   └── AdapterError           a LoRA adapter file cannot be loaded onto the model
     ├── BusyError              the request queue is full; try again later
     ├── StoreError             the SQLite store cannot be read or written
-    │   └── NotFoundError          a conversation or message id is unknown (for this user)
+    │   ├── NotFoundError          a conversation or message id is unknown (for this user)
+    │   └── StoreUnwritableError   the data dir takes no writes now (read-only, I/O error)
+    │       └── DiskFullError          no space left on the disk of the data dir
     ├── DaemonError            the daemon cannot start or be reached
     │   └── DaemonRunningError     another daemon already serves the socket
     ├── RewardModelError       a reward-model file (or its sentence encoder) cannot be used
@@ -31,6 +33,7 @@ __all__ = [
     "ContextLengthError",
     "DaemonError",
     "DaemonRunningError",
+    "DiskFullError",
     "EngineError",
     "InvalidRequestError",
     "ModelCorruptError",
@@ -40,6 +43,7 @@ __all__ = [
     "RewardModelError",
     "RlhiError",
     "StoreError",
+    "StoreUnwritableError",
 ]
 
 
@@ -74,11 +78,13 @@ class EngineError(RlhiError):
 class ContextLengthError(EngineError):
     """The prompt is longer than the context window allows."""
 
-    def __init__(self, prompt_tokens: int, n_ctx: int) -> None:
+    def __init__(self, prompt_tokens: int, n_ctx: int, at_least: bool = False) -> None:
+        """`at_least`: `prompt_tokens` is a lower bound (a prompt refused before tokenizing)."""
         self.prompt_tokens = prompt_tokens
         self.n_ctx = n_ctx
+        count = f"at least {prompt_tokens}" if at_least else str(prompt_tokens)
         super().__init__(
-            f"The prompt has {prompt_tokens} tokens but the context window holds {n_ctx} "
+            f"The prompt has {count} tokens but the context window holds {n_ctx} "
             f"(and at least one token must be left for the answer). Shorten the conversation "
             f"or start a new one, or raise model.n_ctx if the model supports more."
         )
@@ -101,6 +107,16 @@ class StoreError(RlhiError):
 
 class NotFoundError(StoreError):
     """No such conversation or message for this user."""
+
+
+class StoreUnwritableError(StoreError):
+    """A write to the database failed because of where it lives (a read-only or failing disk):
+    nothing of it was stored, what was stored before is intact, and reads still work. The
+    message names the data dir and the fix; the write succeeds again once that is done."""
+
+
+class DiskFullError(StoreUnwritableError):
+    """The disk that holds the data dir is full (ENOSPC / SQLITE_FULL)."""
 
 
 class DaemonError(RlhiError):

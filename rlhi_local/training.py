@@ -10,6 +10,7 @@ kill at any point leaves the active adapter as it was.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -26,10 +27,10 @@ from typing import Any
 
 from .config import Config, TrainingConfig, cache_dir, data_dir
 from .errors import BusyError, InvalidRequestError, NotFoundError
-from .models import ModelSpec
+from .models import OFFLINE_ENV, ModelSpec
 from .persona import with_persona
 from .records import Adapter, Pair, TrainRun
-from .store import Store
+from .store import FORGOTTEN, Store
 from .store._ids import utc_now
 
 __all__ = ["Trainings", "activate", "adapter_file", "build_job", "gate", "rollback", "served_adapter", "split_pairs"]
@@ -42,7 +43,7 @@ CANCEL_GRACE_S = 20.0
 
 Judge = Callable[[str, Path, Sequence[Any]], "dict[str, Any] | None"]
 """(user, candidate adapter.gguf, held-out examples) → the reward model's comparison of the
-candidate's answers with the served adapter's: {"prompts", "candidate_mean", "served_mean",
+candidate's answers with the served adapter's: {"prompts", "candidate_mean", "served_mean", "scale", "drop",
 "served", "win_rate"}, or {"skipped": why} (no trusted reward model, the user was chatting)."""
 
 
@@ -137,12 +138,13 @@ def gate(metrics: dict[str, Any], t: TrainingConfig) -> str:
                 return (f"not better than the active adapter on held-out pairs: accuracy {acc:.2f} vs "
                         f"{active['rewards/accuracies']:.2f}, margin {margin:.3f} vs {active['rewards/margins']:.3f}")
     reward = metrics.get("reward") or {}
-    if reward.get("prompts"):
-        drop = reward["served_mean"] - reward["candidate_mean"]
-        if drop > t.max_reward_drop:
-            return (f"the user's reward model prefers the served {reward['served']}'s answers: the candidate's "
-                    f"{reward['prompts']} answers to held-out prompts score {drop:.2f} lower "
-                    f"(training.max_reward_drop={t.max_reward_drop})")
+    # Systematic, not one outlier: most answers lose, and on average by more than the bound.
+    if reward.get("prompts") and "drop" in reward:
+        if reward["drop"] > t.max_reward_drop and reward["win_rate"] < 0.5:
+            return (f"the user's reward model prefers the served {reward['served']}'s answers: the candidate "
+                    f"wins {reward['win_rate']:.0%} of {reward['prompts']} prompts it never trained on and "
+                    f"scores {reward['drop']:.2f} held-out margins lower (training.max_reward_drop="
+                    f"{t.max_reward_drop})")
     return ""
 
 
@@ -159,6 +161,9 @@ def served_adapter(store: Store, spec: ModelSpec, user_id: str, requested: str |
         except ValueError:
             raise InvalidRequestError(f"adapter {requested[:40]!r} is not 'base' or a version like 'v3'.") from None
         adapter = store.get_adapter(user_id, version)
+        if adapter.reason.startswith(FORGOTTEN):
+            raise NotFoundError(f"Adapter v{version} is gone: {adapter.reason.removeprefix(FORGOTTEN)}, so it "
+                                f"was retired and its files deleted. Ask for 'base' or another version.")
     if adapter is not None and adapter.base_fingerprint != spec.fingerprint:
         raise InvalidRequestError(
             f"Adapter v{adapter.version} was trained for base {adapter.base_fingerprint[:16]}, but this daemon "
@@ -181,12 +186,12 @@ def _rss_mb(pid: int) -> float:
         return 0.0
 
 
-def _child_setup() -> None:
-    """In the trainer child before exec: low priority (the chat keeps the cores it needs), and
-    on Linux die with the daemon, so a daemon killed with -9 leaves no orphan trainer writing
-    into a staging directory that the restarted daemon will reuse."""
-    if hasattr(os, "nice"):
-        os.nice(10)
+def _child_setup(nice: int, parent: int) -> None:
+    """In the trainer child before exec: low priority (`training.nice`: the chat keeps the cores
+    it needs), and on Linux die with the daemon, so a daemon killed with -9 leaves no orphan
+    trainer writing into a staging directory that the restarted daemon will reuse."""
+    if hasattr(os, "nice") and nice:
+        os.nice(nice)
     if sys.platform.startswith("linux"):
         import ctypes
 
@@ -195,6 +200,8 @@ def _child_setup() -> None:
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         except OSError:
             pass
+        if os.getppid() != parent:  # the daemon died before the signal was armed
+            os._exit(1)
 
 
 def _fsync_tree(root: Path) -> None:
@@ -204,11 +211,39 @@ def _fsync_tree(root: Path) -> None:
                 os.fsync(f.fileno())
 
 
+def _fsync_dir(path: Path) -> None:
+    """Make a rename inside `path` durable (a power cut after it keeps the new name)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _file_digest(path: Path) -> dict[str, Any]:
+    """{"sha256", "bytes"} of a finished adapter file, recorded with its row so anyone can
+    verify that the file served is the one the gate passed."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return {"sha256": digest.hexdigest(), "bytes": path.stat().st_size}
+
+
+def _remove_staging(root: Path) -> int:
+    """At start-up: staging directories of runs a stopped daemon left behind (never adapters:
+    the registry names only renamed, complete ones). Returns how many were removed."""
+    leftovers = sorted(root.glob("*/.staging-v*")) if root.is_dir() else []
+    for staging in leftovers:
+        shutil.rmtree(staging, ignore_errors=True)
+    return len(leftovers)
+
+
 class Trainings:
     """Owns the (at most one) training child process of the daemon."""
 
     def __init__(self, store: Store, config: Config, spec: ModelSpec,
-                 wait_quiet: Callable[[], bool] = lambda: True) -> None:
+                 wait_quiet: Callable[[], bool] = lambda: True, paused: Callable[[], str] = lambda: "") -> None:
         self.judge: Judge | None = None
         """Set by the daemon once it serves: the reward model's verdict for the gate."""
         self.store, self.config, self.spec = store, config, spec
@@ -217,6 +252,8 @@ class Trainings:
         self.base_cache = cache_dir(config) / "base"
         self._wait_quiet = wait_quiet
         """Returns True once the user is idle enough to start a run that was not `now`."""
+        self._paused = paused
+        """Why learning is paused ("" when not): no run starts then (`Miner.paused`)."""
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._proc: subprocess.Popen[str] | None = None
@@ -226,10 +263,17 @@ class Trainings:
         n = store.fail_unfinished_runs("the daemon stopped during this run")
         if n:
             log.warning("%d training run(s) were interrupted by a stop; the active adapters are unchanged", n)
+        removed = _remove_staging(self.root)
+        if removed:
+            log.info("removed %d staging director(ies) of interrupted runs", removed)
 
     def start(self, user_id: str, now: bool = True) -> TrainRun:
         """Queue a run for `user_id` (it starts at once when `now`, else when the user is idle)."""
         with self._lock:
+            paused = self._paused()
+            if paused:
+                raise InvalidRequestError(f"No training while {paused}. Resume learning first "
+                                          f"(`rlhi resume`, POST /v1/learning/resume or F5 in the chat).")
             if self.current is not None:
                 raise BusyError(f"Training run {self.current} is in progress; one run at a time. "
                                 f"Cancel it (DELETE /v1/train/{self.current}) or wait for it.")
@@ -276,11 +320,13 @@ class Trainings:
     def _run(self, run_id: str, user_id: str, now: bool) -> None:
         from trainers.job import write_job
 
-        while not now and not self._wait_quiet():
-            if run_id in self._cancelled:
-                self.store.update_train_run(run_id, status="cancelled", finished_at=utc_now())
-                return
+        while not now and not self._wait_quiet() and run_id not in self._cancelled and not self._paused():
             time.sleep(1.0)
+        paused = self._paused()
+        if run_id in self._cancelled or paused:
+            self.store.update_train_run(run_id, status="cancelled", finished_at=utc_now(),
+                                        error=f"cancelled: {paused}" if paused else "cancelled by the user")
+            return
         version = self.store.next_adapter_version(user_id)
         root = self.root / user_id
         staging, final = root / f".staging-v{version}", root / f"v{version}"
@@ -299,8 +345,16 @@ class Trainings:
             log.info("training run %s %s: %s", run_id, outcome, error)
             return
         metrics["peak_rss_mb"] = round(self.peak_rss_mb, 1)  # the schedule sizes the next run by it
+        self.store.update_train_run(run_id, progress={"event": "phase", "phase": "install"})
+        metrics["adapter_file"] = _file_digest(staging / "adapter.gguf")
         _fsync_tree(staging)
+        if final.exists():
+            # Left by a daemon killed between this rename and the registry's commit below: no row
+            # names it (the version comes from the rows), so it is debris, and the rename needs room.
+            log.warning("removing %s: an adapter directory no registry row names (an earlier crash)", final)
+            shutil.rmtree(final)
         os.replace(staging, final)
+        _fsync_dir(root)
         if self.judge is not None:
             self.store.update_train_run(run_id, progress={"event": "phase", "phase": "reward"})
             try:
@@ -311,14 +365,8 @@ class Trainings:
             if verdict:
                 metrics["reward"] = verdict
         reason = gate(metrics, self.config.training)
-        self.store.add_adapter(user_id, version, self.spec.fingerprint, str(final), pair_ids, metrics,
-                               "candidate", run_id=run_id)
-        if reason:
-            self.store.set_adapter_status(user_id, version, "rejected", reason)
-        else:
-            self.store.activate_adapter(user_id, version, reason=f"replaced by v{version}")
-        self.store.update_train_run(run_id, status="done", metrics=metrics, finished_at=utc_now(),
-                                    progress={"event": "finished", "promoted": not reason, "reason": reason})
+        self.store.record_trained_adapter(run_id, user_id, version, self.spec.fingerprint, str(final), pair_ids,
+                                          metrics, reason)
         log.info("training run %s: adapter v%d %s", run_id, version, f"rejected: {reason}" if reason else "promoted")
 
     def _child(self, run_id: str, job_path: Path, log_path: Path) -> tuple[str, dict[str, Any], str]:
@@ -326,7 +374,7 @@ class Trainings:
         t = self.config.training
         # PASSIVE: idle OpenMP threads sleep instead of spinning; spinning threads of the trainer
         # and of llama.cpp fighting for the same cores made both 10-20x slower (measured).
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_WAIT_POLICY": "PASSIVE",
+        env = {**os.environ, **OFFLINE_ENV, "TOKENIZERS_PARALLELISM": "false", "OMP_WAIT_POLICY": "PASSIVE",
                "MALLOC_ARENA_MAX": "2"}
         if t.threads:
             env["OMP_NUM_THREADS"] = str(t.threads)
@@ -339,7 +387,7 @@ class Trainings:
             # Low priority: the chat keeps the cores it needs while training runs.
             proc = self._proc = subprocess.Popen(
                 [sys.executable, "-m", "trainers", str(job_path)], stdout=subprocess.PIPE, stderr=log_file,
-                text=True, env=env, preexec_fn=_child_setup)
+                text=True, env=env, preexec_fn=functools.partial(_child_setup, t.nice, os.getpid()))
             if run_id in self._cancelled:
                 proc.send_signal(signal.SIGTERM)
             watcher = threading.Thread(target=self._watch_memory, args=(proc, run_id), daemon=True)
@@ -368,7 +416,8 @@ class Trainings:
             return "failed", {}, (f"stopped: the trainer used {self.peak_rss_mb:.0f} MB, over "
                                   f"training.memory_mb={t.memory_mb}. Raise it or lower training.max_len.")
         if run_id in self._cancelled or result.get("event") == "cancelled":
-            return "cancelled", {}, "cancelled by the user"
+            paused = self._paused()
+            return "cancelled", {}, f"cancelled: {paused}" if paused else "cancelled by the user"
         if code == 0 and result.get("event") == "done":
             return "done", result.get("metrics", {}), ""
         message = result.get("message") or f"the trainer exited with code {code}"
@@ -408,7 +457,8 @@ def rollback(store: Store, user_id: str) -> Adapter | None:
     if current is None:
         raise InvalidRequestError(f"User {user_id!r} is served by the base model already: nothing to roll back.")
     earlier = [a for a in store.adapters(user_id)
-               if a.version < current.version and a.activated_at and a.status == "retired"]
+               if a.version < current.version and a.activated_at and a.status == "retired"
+               and not a.reason.startswith(FORGOTTEN)]  # learned from forgotten data: never again
     previous = max(earlier, key=lambda a: a.activated_at or "", default=None)
     return store.activate_adapter(user_id, previous.version if previous else None,
                                   reason=f"rolled back from v{current.version}")

@@ -181,3 +181,134 @@ def _wait_waiting(c: Client, n: int) -> bool:
             return True
         time.sleep(0.02)
     return False
+
+
+# -- More bad input: each is a 4xx in the OpenAI error shape, nothing is stored, and the daemon
+#    answers a normal request right after.
+
+def raw(text: str) -> bytes:
+    """A body written by hand, for what json.dumps will not write (NaN, Infinity, bad escapes)."""
+    return text.encode("utf-8", "surrogatepass")
+
+
+MSG = '"messages": [{"role": "user", "content": "x"}]'
+MORE_CASES = [
+    ("deep json in messages", b'{"model": "default", "messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", 400, []),
+    ("deep object in metadata", raw('{"model": "default", ' + MSG + ', "metadata": ' + '{"a": ' * 50_000 + "1"
+                                    + "}" * 50_000 + "}"), 400, []),
+    ("truncated utf-8", b'{"model": "default", "messages": [{"role": "user", "content": "\xc3"}]}', 400, []),
+    ("encoded surrogate", b'{"model": "default", "messages": [{"role": "user", "content": "\xed\xa0\x80"}]}', 400, []),
+    ("overlong utf-8", b'{"model": "default", "messages": [{"role": "user", "content": "\xc0\xaf"}]}', 400, []),
+    ("invalid utf-8 in a key", b'{"model": "default", ' + raw(MSG) + b', "\xff": 1}', 400, []),
+    ("bad escape", raw('{"model": "default", "messages": [{"role": "user", "content": "\\x41"}]}'), 400, []),
+    ("lone surrogate in stop", raw('{"model": "default", ' + MSG + ', "stop": ["\\udc00"]}'), 400, ["surrogate"]),
+    ("lone surrogate in a part", raw('{"model": "default", "messages": [{"role": "user", "content": '
+                                     '[{"type": "text", "text": "\\ud83d"}]}]}'), 400, ["unicode"]),
+    ("negative max_completion_tokens", with_(max_completion_tokens=-1), 400, ["max_completion_tokens"]),
+    ("max_tokens past int64, negative", with_(max_tokens=-(10**30)), 400, ["max_tokens"]),
+    ("fractional max_tokens", with_(max_tokens=2.5), 400, ["max_tokens"]),
+    ("max_tokens an object", with_(max_tokens={"n": 5}), 400, ["max_tokens"]),
+    ("negative temperature", with_(temperature=-0.1), 400, ["temperature"]),
+    ("infinite temperature", raw('{"model": "default", ' + MSG + ', "temperature": Infinity}'), 400, ["temperature"]),
+    ("temperature a string", with_(temperature="hot"), 400, ["temperature"]),
+    ("top_p above 1", with_(top_p=1.5), 400, ["top_p"]),
+    ("negative top_k", with_(top_k=-1), 400, ["top_k"]),
+    ("huge top_k", with_(top_k=10**9), 400, ["top_k"]),
+    ("min_p above 1", with_(min_p=2), 400, ["min_p"]),
+    ("absurd presence_penalty", with_(presence_penalty=1e300), 400, ["presence_penalty"]),
+    ("-inf frequency_penalty", raw('{"model": "default", ' + MSG + ', "frequency_penalty": -Infinity}'), 400,
+     ["frequency_penalty"]),
+    ("seed below int64", with_(seed=-(2**63) - 1), 400, ["seed"]),
+    ("seed a float", with_(seed=1.5), 400, ["seed"]),
+    ("n=0", with_(n=0), 400, ["n"]),
+    ("huge n", with_(n=10**6), 400, ["n"]),
+    ("stop too long", with_(stop="x" * 257), 400, ["stop"]),
+    ("stop not strings", with_(stop=[1, 2]), 400, ["stop"]),
+    ("stream not a boolean", with_(stream="yes"), 400, ["stream"]),
+    ("stream as 1", with_(stream=1), 400, ["stream"]),  # booleans are strict: 1 is not true
+    ("10k messages", with_(messages=[{"role": "user", "content": "x"}] * 10_000), 400, ["messages"]),
+    ("messages an object", with_(messages={"role": "user", "content": "x"}), 400, ["messages"]),
+    ("message a string", with_(messages=["hi"]), 400, []),
+    ("text part without text", with_(messages=[{"role": "user", "content": [{"type": "text"}]}]), 400, []),
+    ("content too long", with_(messages=[{"role": "user", "content": "x" * 1_000_001}]), 400, ["content"]),
+    ("too many metadata keys", with_(metadata={str(i): "x" for i in range(17)}), 400, ["metadata"]),
+    ("metadata value not a string", with_(metadata={"a": 1}), 400, []),
+    ("metadata key too long", with_(metadata={"k" * 65: "x"}), 400, ["metadata"]),
+    ("conversation id with NUL", with_(metadata={"conversation_id": "a\x00b"}), 400, []),
+    ("adapter not a version", with_(metadata={"adapter": "v1; DROP TABLE"}), 400, []),
+    ("empty model", with_(model=""), 400, ["model"]),
+    ("model a list", with_(model=["default"]), 400, ["model"]),
+    ("user with NUL", with_(user="a\x00b"), 400, ["user"]),
+    ("user too long", with_(user="u" * 129), 400, ["user"]),
+]
+
+
+@pytest.mark.parametrize("name, body, status, needles", MORE_CASES, ids=[c[0] for c in MORE_CASES])
+def test_more_bad_requests_are_refused_and_the_daemon_answers_next(
+    http: httpx.Client, daemon: RunningDaemon, name: str, body: bytes, status: int, needles: list[str]
+) -> None:
+    before = message_count(daemon)
+    expect_error(post_raw(http, body), status, *needles)
+    assert message_count(daemon) == before
+    answer = post_raw(http, with_(max_tokens=1))
+    assert answer.status_code == 200 and answer.json()["usage"]["completion_tokens"] <= 1, answer.text
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded",
+                                          "multipart/form-data; boundary=x", "application/xml", None])
+def test_a_body_that_is_not_sent_as_json_is_refused_naming_the_content_type(
+    http: httpx.Client, daemon: RunningDaemon, content_type: str | None
+) -> None:
+    before = message_count(daemon)
+    headers = {"content-type": content_type} if content_type else {}
+    r = http.post("/v1/chat/completions", content=with_(), headers=headers)
+    err = expect_error(r, 400, "Content-Type: application/json")
+    assert repr(content_type or "") in err["message"]
+    assert message_count(daemon) == before
+    assert post_raw(http, with_(max_tokens=1)).status_code == 200
+
+
+def test_bad_bytes_in_headers_query_and_path(http: httpx.Client) -> None:
+    expect_error(post_raw(http, with_(), headers={"x-rlhi-conversation": b"\xff\xfe"}), 400,  # type: ignore[dict-item]
+                 "x-rlhi-conversation")
+    expect_error(http.get("/v1/conversations", params={"user": "\x00"}), 400, "query.user")
+    expect_error(http.get("/v1/conversations?user=%FF%FE"), 400, "query.user")
+    expect_error(http.get("/v1/conversations/%00"), 404)
+    expect_error(http.get("/v1/conversations/" + "a" * 30_000), 404)
+    expect_error(http.post("/v1/adapters/99999999999999999999999999/activate"), 400, "version")  # was a 500
+    expect_error(http.post("/v1/adapters/-1/activate"), 400, "version")
+    assert http.get("/health", headers={"x-big": "a" * 100_000}).json()["status"] == "ok"
+
+
+def test_nul_and_control_characters_round_trip_through_the_store(http: httpx.Client, daemon: RunningDaemon) -> None:
+    """Binary in text fields is stored and given back byte for byte, never mangled or refused."""
+    nasty = "NUL\x00 BEL\x07 ESC\x1b[31m DEL\x7f NEL\x85 LS\u2028 BOM\ufeff 🙂 end"
+    r = post_raw(http, with_(messages=[{"role": "user", "content": nasty}], max_tokens=1))
+    assert r.status_code == 200, r.text
+    conv_id = r.json()["rlhi"]["conversation_id"]
+    title = "title\x00\x01\x02"
+    assert http.patch(f"/v1/conversations/{conv_id}", json={"title": title}).json()["title"] == title
+    answer_id = r.json()["rlhi"]["message_id"]
+    edit = http.post(f"/v1/messages/{answer_id}/edit", json={"content": "edited\x00\x1f"})
+    assert edit.status_code == 200 and edit.json()["content"] == "edited\x00\x1f"
+    stored = http.get(f"/v1/conversations/{conv_id}").json()
+    assert stored["title"] == title
+    assert [m["content"] for m in stored["messages"] if m["role"] == "user"] == [nasty]
+    conn = sqlite3.connect(daemon.db_path)
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        [(content,)] = conn.execute("SELECT content FROM messages WHERE conversation_id = ? AND role = 'user'",
+                                    [conv_id]).fetchall()
+        assert content == nasty
+    finally:
+        conn.close()
+
+
+def test_a_huge_prompt_is_refused_without_tokenizing_it(http: httpx.Client, daemon: RunningDaemon) -> None:
+    """Regression: a 3 MB message was tokenized on the event loop before the context check,
+    stalling every other request for ~20 s; now anything that cannot fit is refused unread."""
+    body = with_(messages=[{"role": "user", "content": "x" * 1_000_000}] * 3)
+    assert len(body) <= daemon.daemon.config.server.max_body_bytes
+    err = expect_error(post_raw(http, body), 400, "context_length_exceeded")
+    assert "at least" in err["message"] and "4096" in err["message"]
+    assert post_raw(http, with_(max_tokens=1)).status_code == 200

@@ -39,6 +39,7 @@ def test_precedence_flags_over_env_over_file(rlhi_home: Path) -> None:
         ("[server]\nflash = true\n", "server.flash"),
         ("[serverz]\nx = 1\n", "serverz"),
         ("[model]\nflash_attn = 'maybe'\n", "model.flash_attn"),
+        ("[training]\nnice = 20\n", "training.nice"),
         ("not toml at all [", "config.toml"),
     ],
 )

@@ -33,8 +33,9 @@ def load(name: str) -> list[dict]:
 
 def test_public_surface_is_pinned() -> None:
     assert sorted(feedback.__all__) == sorted([
-        "ACTIONABLE", "DETECTOR_VERSION", "KINDS", "FollowupKind", "FollowupLabel", "classify",
-        "classify_many", "instruction_met", "is_harmful_instruction", "normalise", "pair_problem",
+        "ACTIONABLE", "DETECTOR_VERSION", "KINDS", "Detect", "FollowupKind", "FollowupLabel", "Generate",
+        "LocalModel", "classify", "classify_many", "classify_with_model", "instruction_met",
+        "is_harmful_instruction", "normalise", "pair_problem",
     ])
     assert set(KINDS) >= ACTIONABLE == {"rewrite_request", "correction", "clarification"}
     assert len(KINDS) == 8

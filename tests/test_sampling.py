@@ -89,10 +89,11 @@ def test_sampling_stops_as_soon_as_the_model_is_wanted(daemon: RunningDaemon, cl
     assert not s.store.pairs(user)
 
 
-def _trusted_prior(s: Any, user: str) -> None:
+def _trusted_prior(s: Any, user: str, heldout_margin: float = 2.0) -> None:
     path = Path(reward.__file__).parent / reward.PRIOR_FILES[True]
     s.store.add_reward_model(user, 1, str(path), accuracy=0.9, accuracy_without_persona=0.6, n_train=20,
-                             n_heldout=5, trusted=True, metrics={})
+                             n_heldout=5, trusted=True,
+                             metrics={"heldout": {"pairs": 5, "rewards/margins": heldout_margin}})
     s.store.activate_reward_model(user, 1, reason="test")
 
 
@@ -127,11 +128,34 @@ def test_the_gate_reward_check_compares_candidate_and_served_answers(daemon: Run
     jobs = RewardJobs(s.store, s.config)
     jobs._embedder = Embedder()
     generate = generator(daemon, temperature=0.0)
+    # A recent turn no pair trains on is a prompt the candidate never saw: it is judged too.
+    client.chat([{"role": "user", "content": "Name a bird."}], user=user, max_tokens=8)
+    seen: list[str] = []
+
+    def answer_with(messages: list[dict[str, str]], path: Any) -> str | None:
+        seen.append(messages[-1]["content"])
+        return generate(messages)
+
     # Candidate and served are both the base here: the same greedy answers score the same.
-    verdict = jobs.judge(user, [example], None, None, "base",  # type: ignore[arg-type]
-                         lambda messages, path: generate(messages))
-    assert verdict["prompts"] == 1 and verdict["served"] == "base"
+    verdict = jobs.judge(user, [example], None, None, "base", answer_with)  # type: ignore[arg-type]
+    assert verdict["prompts"] == 2 and verdict["served"] == "base", verdict
+    assert seen == ["What is a fjord?"] * 2 + ["Name a bird."] * 2
     assert verdict["candidate_mean"] == pytest.approx(verdict["served_mean"], abs=0.05)
+    # The drop is in units of the reward model's own held-out margin (2.0 here).
+    assert verdict["scale"] == 2.0 and abs(verdict["drop"]) < 0.05
     # The model was needed for a chat: the check says so instead of guessing.
     busy = jobs.judge(user, [example], None, None, "base", lambda messages, path: None)  # type: ignore[arg-type]
     assert "skipped" in busy and "idle" in busy["skipped"]
+
+
+def test_the_gate_reward_check_skips_a_model_that_cannot_rank_held_out_pairs(daemon: RunningDaemon) -> None:
+    """A reward model whose held-out margin is not positive has no scale to judge by."""
+    from trainers.job import Example
+
+    user = "ubr-hank"
+    s = state(daemon)
+    _trusted_prior(s, user, heldout_margin=-0.3)
+    jobs = RewardJobs(s.store, s.config)
+    verdict = jobs.judge(user, [Example("p", [{"role": "user", "content": "Hi"}], "", "")], None, None,  # type: ignore[arg-type]
+                         "base", lambda messages, path: "never asked")
+    assert "no positive held-out margin" in verdict["skipped"]

@@ -27,13 +27,11 @@ import pytest
 
 from rlhi_local.client import Client
 from tests._base import shared_base_dir, shared_cache_root
+from tests.egress import egress_env, read_egress, recorded_processes
 from tests.conftest import RunningDaemon, start_thread_daemon, stop_thread_daemon, wait_for
 
 TRAINING = {"rank": 8, "alpha": 16.0, "epochs": 3, "batch_size": 2, "max_len": 192, "lr": 3e-4,
-            "min_pairs": 6, "threads": 2, "min_accuracy": 0.5, "max_kl": 1.0, "max_ppl_ratio": 3.0,
-            # The reward check runs and is recorded, but does not decide here: on 2-3 prompts with
-            # answers cut at 48 tokens it once preferred the base's truncated answers (see the note).
-            "max_reward_drop": 100.0}
+            "min_pairs": 6, "threads": 2, "min_accuracy": 0.5, "max_kl": 1.0, "max_ppl_ratio": 3.0}
 SCHEDULE = {"enabled": True, "detector_minutes": 0.03, "persona_minutes": 0.05, "reward_minutes": 0.1,
             "sampling_minutes": 0.1, "training_minutes": 0.05, "training_window": "", "train_idle_minutes": 0,
             "train_min_new_pairs": 6, "skip_on_battery": False, "sampling_k": 2, "sampling_turns": 2,
@@ -180,10 +178,16 @@ def test_two_users_each_learn_their_own_preference_unattended(loop_daemon: Runni
 
         # The reward half ran unattended too: trusted reward models, User-Based Rewards sampled for
         # the turns nobody judged, and the gate's reward check on each promoted adapter.
+        checks = {}
         for user in (TERSE, DETAILED):
             row = store.active_reward_model(user)
             assert row is not None and row.trusted, row
-            assert "reward" in json.loads(store.active_adapter(user).metrics)
+            checks[user] = json.loads(store.active_adapter(user).metrics).get("reward", {})
+        print(f"gate reward checks {checks}")
+        # It judged, on whole answers to prompts the adapter never trained on, with the product's
+        # bound (training.max_reward_drop = 0.5 held-out margins), and let both adapters through.
+        assert all(c.get("prompts", 0) >= 2 and (c["drop"] <= 0.5 or c["win_rate"] >= 0.5)
+                   for c in checks.values()), checks
         assert wait_for(lambda: any(p.origin == "user_reward" for u in (TERSE, DETAILED) for p in store.pairs(u)),
                         180, 1.0), store.job_runs("sampling", 5)
         sampled = [r for r in store.job_runs("sampling", 200) if r.status == "ok" and "turns" in r.detail]
@@ -201,6 +205,7 @@ def _serve(home: Path) -> subprocess.Popen[bytes]:
         for key, value in values.items():
             env[f"RLHI_{section.upper()}__{key.upper()}"] = str(value)
     env["RLHI_SCHEDULE__TRAIN_MIN_NEW_PAIRS"] = "4"
+    env.update(egress_env(home / "egress.jsonl"))  # every outbound connection attempt, daemon and trainer
     log = open(home / "daemon.log", "ab")
     return subprocess.Popen([sys.executable, "-m", "rlhi_local", "serve"], env=env, stdout=log, stderr=log)
 
@@ -232,8 +237,12 @@ def test_a_daemon_killed_mid_training_recovers_and_trains_again(tmp_path: Path) 
     try:
         sock = home / "run" / "rlhi.sock"
         assert wait_for(sock.exists, 60, 0.2), (home / "daemon.log").read_text()
+        with Client(sock) as c:  # a chat, an edit, mining: the start of the workflow, through the API
+            answer = c.chat([{"role": "user", "content": "Tell me about tea."}], user="kim", max_tokens=16)
+            c.edit_message(answer.message_id, "Tea is a drink.", user="kim")
+            c._request("POST", "/v1/signals/mine", params={"user": "kim"})
         store = Store(db)
-        for i in range(8):  # pairs arrive as if mined: the schedule takes it from here
+        for i in range(8):  # more pairs arrive as if mined: the schedule takes it from here
             placed = store.place_turns("kim", [NewMessage(role="user", content=f"Explain idea {i}.")])
             store.finish_answer(placed.answer_id, LONG, "complete", "stop")
             store.add_pair(user_id="kim", conversation_id=placed.conversation_id,
@@ -263,6 +272,11 @@ def test_a_daemon_killed_mid_training_recovers_and_trains_again(tmp_path: Path) 
         with Client(sock) as c:
             reply = c.chat([{"role": "user", "content": "Hi."}], user="kim", max_tokens=4)
             assert reply.raw["rlhi"]["adapter_version"] == 1
+        # No egress: chat, mining, training, export, gate and promotion made no outbound connection
+        # attempt, in the daemon or in its trainer children (the recorder ran in both).
+        egress = home / "egress.jsonl"
+        assert read_egress(egress) == [], read_egress(egress)
+        assert any("-m trainers" in p for p in recorded_processes(egress)), recorded_processes(egress)
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)

@@ -45,7 +45,7 @@ def test_blank_database_gets_exact_schema(store: Store) -> None:
     ]
     assert cols["feedback"] == [
         "id", "user_id", "message_id", "followup_id", "kind", "source", "actionable", "instruction",
-        "confidence", "detector_version", "created_at",
+        "confidence", "detector_version", "created_at", "detector",
     ]
     applied = [r[0] for r in store.db.execute("SELECT name FROM _sqlite_migrations").fetchall()]
     assert cols["personas"] == ["id", "user_id", "version", "card", "facts", "source", "created_at"]

@@ -101,9 +101,16 @@ GOOD = {"export_correlation": 0.99, "drift": {"kl": 0.05, "ppl_ratio": 1.02},
     ({"candidate": {"pairs": 5, "rewards/accuracies": 0.8, "rewards/margins": -0.1}}, "not better than the base"),
     ({"active": {"pairs": 5, "rewards/accuracies": 1.0, "rewards/margins": 0.9}}, "not better than the active"),
     ({"active": {"pairs": 5, "rewards/accuracies": 0.6, "rewards/margins": 0.1}}, ""),
-    ({"reward": {"prompts": 4, "served": "v2", "candidate_mean": -1.0, "served_mean": 0.2, "win_rate": 0.0}},
-     "the user's reward model prefers the served v2's answers"),
-    ({"reward": {"prompts": 4, "served": "base", "candidate_mean": 0.0, "served_mean": 0.3, "win_rate": 0.5}}, ""),
+    ({"reward": {"prompts": 4, "served": "v2", "candidate_mean": -1.0, "served_mean": 0.2, "scale": 2.0,
+                 "drop": 0.6, "win_rate": 0.0}}, "the user's reward model prefers the served v2's answers"),
+    # The same raw gap is small next to a reward model whose held-out margin is large.
+    ({"reward": {"prompts": 4, "served": "v2", "candidate_mean": -1.0, "served_mean": 0.2, "scale": 6.0,
+                 "drop": 0.2, "win_rate": 0.0}}, ""),
+    ({"reward": {"prompts": 4, "served": "base", "candidate_mean": 0.0, "served_mean": 0.3, "scale": 1.0,
+                 "drop": 0.3, "win_rate": 0.5}}, ""),
+    # One outlier: a large mean drop, but the candidate wins half the prompts.
+    ({"reward": {"prompts": 4, "served": "base", "candidate_mean": 0.0, "served_mean": 3.0, "scale": 1.0,
+                 "drop": 3.0, "win_rate": 0.5}}, ""),
     ({"reward": {"skipped": "no reward model yet"}}, ""),
 ])
 def test_the_gate_names_what_failed(change: dict[str, Any], reason: str) -> None:

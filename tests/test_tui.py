@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from textual import events
+from textual.app import App, ComposeResult
 from textual.pilot import Pilot
 from textual.widgets import Input, TextArea
 
@@ -24,7 +25,7 @@ from rlhi_local.client import Client
 from tests.conftest import RunningDaemon, start_thread_daemon, stop_thread_daemon
 from tui.app import ChatApp
 from tui.screens import ConfirmScreen, EditScreen, HelpScreen, RenameScreen
-from tui.widgets import ChatView, ConversationList, MessageBox, PromptInput, StatusLine
+from tui.widgets import ChatView, ConversationList, MessageBox, PromptInput, StatusLine, StreamText
 
 SIZE = (100, 40)
 FAST = {"max_tokens": 12, "temperature": 0.0, "seed": 7}
@@ -91,14 +92,14 @@ def notes(app: ChatApp) -> list[str]:
 
 
 def test_send_streams_an_answer_and_stores_it(daemon: RunningDaemon) -> None:
-    partial: list[str] = []  # the answer box's Markdown while the answer was still streaming
+    partial: list[str] = []  # the answer box's text while the answer was still streaming
 
     def watch(message: object) -> None:
         if not app.screen_stack:
             return
         boxes = app.query(MessageBox)
         if boxes and boxes.last().message.get("status") == "streaming":
-            source = boxes.last().markdown.source
+            source = boxes.last().text
             if source and (not partial or partial[-1] != source):
                 partial.append(source)
 
@@ -126,6 +127,7 @@ def test_send_streams_an_answer_and_stores_it(daemon: RunningDaemon) -> None:
             (user, question), (role, answer) = shown(app)
             assert (user, question, role) == ("user", "Say hello in French.", "assistant")
             assert answer.strip()
+            assert app.query_one(ChatView).boxes[-1].markdown.source == answer
             # It arrived in pieces: each partial text was a prefix of the stored answer.
             assert partial and all(answer.startswith(p.rstrip()) for p in partial), partial
             stored = rows(daemon.db_path, "SELECT role, content, origin, status FROM messages "
@@ -291,13 +293,53 @@ def test_escape_stops_generation_and_keeps_the_partial_answer(daemon: RunningDae
             await pilot.pause(0.1)
             await pilot.press("enter")
             await until(pilot, lambda: app.generating and app.query_one(ChatView).boxes
-                        and app.query_one(ChatView).boxes[-1].markdown.source)
+                        and app.query_one(ChatView).boxes[-1].text)
             await pilot.press("escape")
             await until(pilot, lambda: not app.generating and _settled(app))
             answer = app.path[-1]
             assert answer["status"] == "incomplete"
             assert rows(daemon.db_path, "SELECT status FROM messages WHERE id = ?", answer["id"]) == [("incomplete",)]
             assert "stopped" in str(app.query_one(ChatView).boxes[-1].border_title)
+            assert app.query_one(ChatView).boxes[-1].markdown.source == answer["content"]
+
+    asyncio.run(main())
+
+
+def test_a_streaming_answer_is_laid_out_in_steps_and_ends_as_markdown() -> None:
+    """Regression: re-laying out the chat on every refresh of a streaming answer slowed the model
+    (benchmarks/tui_render.py). The answer keeps room below its text, so text that fits is only
+    repainted; once the answer ends it is the Markdown a stored answer shows."""
+
+    class Chat(App[None]):
+        CSS_PATH = Path(__file__).resolve().parent.parent / "tui" / "app.tcss"
+
+        def compose(self) -> ComposeResult:
+            yield ChatView()
+
+    async def main() -> None:
+        app = Chat()
+        async with app.run_test(size=SIZE) as pilot:
+            box = await app.query_one(ChatView).begin_turn("Hi")
+            box.append("# A title\n\nThe first")
+            await pilot.pause()
+            stream = box.query_one(StreamText)
+            room = stream.size.height
+            assert room > 3  # three lines of text, and room below them
+
+            box.append(" line goes on")
+            await pilot.pause()
+            assert stream.size.height == room  # it fitted: no layout
+            shown = [strip.text.rstrip() for strip in stream.render_lines(stream.size.region)]
+            assert shown[:3] == ["# A title", "", "The first line goes on"]  # plain text, repainted
+
+            box.append("\n" * room)
+            await pilot.pause()
+            assert stream.size.height > room  # outgrew its room: laid out again
+
+            await box.end_stream()
+            assert not box.query(StreamText)
+            assert box.markdown.source == box.text == "# A title\n\nThe first line goes on" + "\n" * room
+            assert box.markdown.query("MarkdownH1")  # rendered, not typed out
 
     asyncio.run(main())
 

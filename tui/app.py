@@ -26,15 +26,18 @@ from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.theme import Theme
-from textual.widgets import Footer, Markdown
+from textual.widgets import Footer
 
 from rlhi_local.client import AsyncClient, ensure_daemon
 from rlhi_local.errors import APIError, DaemonError
 
 from . import branches
+from .privacy import OFF_RECORD_HINT, OFF_RECORD_NOTE, OFF_RECORD_PLACEHOLDER, learning_note, off_record_turn
 from .screens import ConfirmScreen, EditScreen, HelpScreen, PersonaScreen, RenameScreen, TrainingScreen
 from .screens.training import adapter_label
 from .widgets import ChatView, ConversationList, MessageBox, PromptInput, StatusLine
+from .widgets.chat_view import EMPTY_HINT
+from .widgets.prompt_input import PLACEHOLDER as PROMPT_PLACEHOLDER
 
 __all__ = ["THEME", "ChatApp", "run_chat"]
 
@@ -125,6 +128,10 @@ class ChatApp(App[None]):
                 tooltip="See and edit what the model is told about you"),
         Binding("f4", "training", "Training", show=False,
                 tooltip="Training: progress, adapters, train or roll back"),
+        Binding("f5", "toggle_learning", "Pause learning", show=False,
+                tooltip="Pause all learning, or resume it (chats are still stored while paused)"),
+        Binding("f9", "off_record", "Off the record", show=False,
+                tooltip="Start a conversation off the record: answered, never stored or learned from"),
         Binding("f1", "help", "Help", tooltip="Show this list of keys"),
         Binding("ctrl+q", "quit", "Quit", show=False, priority=True,
                 tooltip="Quit (the daemon keeps running)"),
@@ -154,6 +161,8 @@ class ChatApp(App[None]):
         self.messages: list[dict[str, Any]] = []
         self.selected: branches.Selection = {}
         self.path: list[dict[str, Any]] = []
+        self.off_record = False
+        """The conversation on screen is off the record: its turns live only in `messages`."""
         self.register_theme(THEME)
         self.theme = theme
 
@@ -224,12 +233,13 @@ class ChatApp(App[None]):
         was_lost = self.status.problem
         self.connected = True
         self.status.model = str(health.get("model", {}).get("id", "?"))
+        self.status.paused = bool(health.get("learning", {}).get("paused"))
         self._set_state("ready")
         if was_lost:
             self.notify("The daemon is back.", title="Reconnected")
         await self._load_adapter()
         await self._load_conversations()
-        if self.conversation_id is not None and not self.generating:
+        if self.conversation_id is not None and not self.generating and not self.off_record:
             await self._load_conversation()
 
     def _lost(self, reason: str) -> None:
@@ -246,7 +256,9 @@ class ChatApp(App[None]):
 
     @work(exclusive=True, group="heartbeat", exit_on_error=False)
     async def _check_health(self) -> None:
-        await self._ask(self._client().health())
+        health = await self._ask(self._client().health())
+        if not isinstance(health, _Failed):
+            self.status.paused = bool(health.get("learning", {}).get("paused"))
 
     def _client(self) -> AsyncClient:
         assert self.client is not None, "no client before the first connection"
@@ -328,7 +340,8 @@ class ChatApp(App[None]):
             self.notify("The daemon is not reachable yet; conversations open once it is back.",
                         severity="warning")
             return
-        if event.conversation_id != self.conversation_id:
+        if event.conversation_id != self.conversation_id or self.off_record:
+            self._leave_off_record()
             self.conversation_id = event.conversation_id
             self.selected = {}
             self._load_selected()
@@ -357,10 +370,9 @@ class ChatApp(App[None]):
 
     @work(exclusive=True, group="reply", exit_on_error=False)
     async def _reply(self, history: list[dict[str, str]], user_text: str | None, keep: int) -> None:
-        """Stream one answer into a new box. Markdown is appended in batches (MarkdownStream
-        gathers the pieces that arrive while it renders), so a long answer never re-renders
-        whole per token. Cancelling this worker (Esc) closes the stream: the daemon stops and
-        stores the partial answer as incomplete."""
+        """Stream one answer into a new box: plain text appended in batches while it arrives,
+        rendered as Markdown once when it ends (see `StreamText` for why). Cancelling this worker
+        (Esc) closes the stream: the daemon stops and stores the partial answer as incomplete."""
         chat = self.query_one(ChatView)
         self.generating = True
         self._set_state("generating…")
@@ -369,12 +381,14 @@ class ChatApp(App[None]):
         stopped = False
         await chat.truncate(keep)
         box = await chat.begin_turn(user_text)
-        stream = Markdown.get_stream(box.markdown)
         pending: list[str] = []
+        answer: list[str] = []  # the whole text, kept in memory when off the record
+        off_record = self.off_record
         flushed = time.monotonic()
         try:
             async for chunk in self._client().stream_chat(
-                history, conversation_id=self.conversation_id, user=self.user, **self.generation
+                history, conversation_id=self.conversation_id, user=self.user, off_record=off_record,
+                **self.generation
             ):
                 if chunk.conversation_id and chunk.conversation_id != self.conversation_id:
                     self.conversation_id = chunk.conversation_id  # the daemon named a new one
@@ -382,11 +396,12 @@ class ChatApp(App[None]):
                 if chunk.message_id:
                     answer_id = chunk.message_id
                 if chunk.text:
+                    answer.append(chunk.text)
                     # Render at most every RENDER_INTERVAL_S: on a small machine the UI shares the
                     # cores with the model, and a re-render per token slowed generation 2x.
                     pending.append(chunk.text)
                     if time.monotonic() - flushed >= RENDER_INTERVAL_S:
-                        await stream.write("".join(pending))
+                        box.append("".join(pending))
                         pending.clear()
                         flushed = time.monotonic()
         except asyncio.CancelledError:
@@ -399,17 +414,22 @@ class ChatApp(App[None]):
             error = exc
         finally:
             try:
-                if pending:
-                    await stream.write("".join(pending))
-                await stream.stop()  # flushes what it still holds
+                box.append("".join(pending))
+                await box.end_stream()  # the whole answer as Markdown, as a stored one shows
             finally:
                 self.generating = False
-                self._settle(answer_id, user_text, error, stopped)
+                kept = (off_record_turn(self.messages, user_text, "".join(answer), stopped)
+                        if off_record and error is None else [])
+                self._settle(answer_id, user_text, error, stopped, kept if off_record else None)
 
     @work(group="settle", exit_on_error=False)
     async def _settle(self, answer_id: str | None, user_text: str | None, error: Exception | None,
-                      stopped: bool) -> None:
-        """After an answer ends: report what went wrong, give back unsent text, show the store."""
+                      stopped: bool, off_record: list[dict[str, Any]] | None = None) -> None:
+        """After an answer ends: report what went wrong, give back unsent text, show the store.
+        `off_record`: the turn to keep in memory (empty after a failure) instead of the store's."""
+        if off_record is not None:
+            self.messages = [*self.messages, *off_record]
+            await self._show()
         prompt = self.query_one(PromptInput)
         if isinstance(error, APIError):
             if user_text is not None:
@@ -429,6 +449,8 @@ class ChatApp(App[None]):
             self._set_state("ready")
         if stopped:
             self.notify("Stopped. The partial answer is kept, marked stopped.")
+        if off_record is not None:
+            return
         await self._load_conversation(show=answer_id, settle=answer_id if stopped else None)
         if answer_id is not None and (answer := self._message(answer_id)) is not None:
             self.status.adapter = adapter_label(answer.get("adapter_version"))  # the one that answered
@@ -518,11 +540,34 @@ class ChatApp(App[None]):
     def action_new_conversation(self) -> None:
         if self._busy():
             return
+        self._leave_off_record()
         self.conversation_id = None
         self.messages, self.selected, self.path = [], {}, []
         self.query_one(ConversationList).highlighted = None
         self._load_selected()
         self.query_one(PromptInput).focus()
+
+    def action_off_record(self) -> None:
+        """A new conversation off the record: answered, never stored, mined or learned from; its
+        turns stay in this window's memory until it is left."""
+        if self._busy():
+            return
+        self.action_new_conversation()
+        self.off_record = True
+        self.status.off_record = True
+        self.query_one(ChatView).hint = OFF_RECORD_HINT
+        self.query_one(PromptInput).placeholder = OFF_RECORD_PLACEHOLDER
+        self.notify(OFF_RECORD_NOTE, title="Off the record")
+
+    def _leave_off_record(self) -> None:
+        """Drop the off-the-record conversation for good (it was never anywhere else)."""
+        if not self.off_record:
+            return
+        self.off_record = False
+        self.messages, self.selected, self.path = [], {}, []
+        self.status.off_record = False
+        self.query_one(ChatView).hint = EMPTY_HINT
+        self.query_one(PromptInput).placeholder = PROMPT_PLACEHOLDER
 
     def action_rename_conversation(self) -> None:
         if self.conversation_id is not None:
@@ -598,6 +643,24 @@ class ChatApp(App[None]):
     @on(TrainingScreen.ServedChanged)
     def _served_changed(self, event: TrainingScreen.ServedChanged) -> None:
         self.status.adapter = adapter_label(event.version)
+
+    # ---- pausing learning --------------------------------------------------------------------
+
+    def action_toggle_learning(self) -> None:
+        if not self.connected:
+            self.notify("The daemon is not reachable yet; learning can be paused once it is back.",
+                        severity="warning")
+            return
+        self._toggle_learning(resume=self.status.paused)
+
+    @work(group="actions", exit_on_error=False)
+    async def _toggle_learning(self, resume: bool) -> None:
+        client = self._client()
+        state = await self._ask(client.resume_learning() if resume else client.pause_learning())
+        if isinstance(state, _Failed):
+            return
+        self.status.paused = bool(state.get("paused"))
+        self.notify(learning_note(state, resumed=resume), title="Learning")
 
     # ---- help ------------------------------------------------------------------------------
 

@@ -12,18 +12,21 @@ from dataclasses import asdict
 import time
 from typing import Literal
 
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, Path, Query, Request
 from fastapi.routing import APIRoute
 from starlette.responses import Response
 
 from .. import __version__
-from ..errors import NotFoundError
+from ..errors import InvalidRequestError, NotFoundError
 from ..mining import mine
 from ..persona import facts_from_json, facts_to_json, render_card, user_edit_facts
 from ..records import Persona
 from ..training import activate, rollback
 from .chat import DEFAULT_USER, chat_completions
+from .learning import add_learning_routes
+from .privacy import add_privacy_routes
 from .errors import install_error_handlers
+from .serving import check_activation, problems
 from .middleware import BodyLimitMiddleware, TokenAuthMiddleware
 from .schemas import (
     ID_PATTERN,
@@ -61,7 +64,8 @@ _ERRORS = {
     400: {"model": ErrorBody, "description": "Invalid request"},
     404: {"model": ErrorBody, "description": "Unknown model or conversation"},
     413: {"model": ErrorBody, "description": "Body too large"},
-    503: {"model": ErrorBody, "description": "Queue full"},
+    503: {"model": ErrorBody, "description": "Queue full, or the data dir refuses writes"},
+    507: {"model": ErrorBody, "description": "Disk full: nothing of the request was stored"},
 }
 
 
@@ -89,7 +93,12 @@ def create_app(state: AppState, token: str | None = None) -> FastAPI:
             **_ERRORS,
             200: {
                 "description": "The answer, or with `stream: true` an SSE stream of chunks",
-                "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                # The schema of one event (as OpenAPI 3.2's itemSchema): every `data` is a
+                # chat.completion.chunk in JSON, or an error object, and the last one is [DONE].
+                "content": {"text/event-stream": {"schema": {
+                    "type": "object", "required": ["data"],
+                    "properties": {"data": {"type": "string"}, "event": {"type": "string"}},
+                }}},
             },
         },
     )
@@ -123,7 +132,9 @@ def create_app(state: AppState, token: str | None = None) -> FastAPI:
                 "n_threads": state.engine.n_threads,
             },
             "queue": {"waiting": state.queue.waiting, "busy": state.queue.busy, "max": state.queue.max_waiting},
-            "learning": {"mining": state.config.learning.mining, "runs": state.miner.runs,
+            "problems": problems(state),
+            "learning": {"mining": state.config.learning.mining, "paused": bool(state.miner.paused()),
+                         "runs": state.miner.runs,
                          "training": state.trainings.current,
                          "schedule": state.scheduler.settings.enabled if state.scheduler else False},
         }
@@ -177,8 +188,12 @@ def create_app(state: AppState, token: str | None = None) -> FastAPI:
     @app.post("/v1/signals/mine", response_model=MiningOut, responses=_ERRORS)
     async def mine_now(user: str = Query(DEFAULT_USER, pattern=ID_PATTERN)) -> dict[str, object]:
         """Label follow-ups and build pairs for the user now (normally done in the background)."""
+        if state.miner.paused():
+            raise InvalidRequestError(f"Nothing is mined while {state.miner.paused()}. "
+                                      f"Resume learning first (`rlhi resume` or POST /v1/learning/resume).")
         await state.miner.idle()
-        report = await asyncio.to_thread(mine, state.store, user)
+        report = await asyncio.to_thread(mine, state.store, user, None,
+                                         state.miner.detect(asyncio.get_running_loop()))
         return {"labelled": report.labelled, "added": dict(report.added),
                 "dropped": dict(report.dropped), "pending": report.pending}
 
@@ -252,8 +267,13 @@ def create_app(state: AppState, token: str | None = None) -> FastAPI:
         return await list_adapters(user)
 
     @app.post("/v1/adapters/{version}/activate", response_model=AdapterOut, responses=_ERRORS)
-    async def activate_adapter(version: int, user: str = Query(DEFAULT_USER, pattern=ID_PATTERN)) -> dict[str, object]:
+    async def activate_adapter(
+        # Bounded: an integer past SQLite's 64-bit INTEGER made the store raise OverflowError (a 500).
+        version: int = Path(ge=1, le=2**31 - 1),
+        user: str = Query(DEFAULT_USER, pattern=ID_PATTERN),
+    ) -> dict[str, object]:
         """Serve this version from the next request on (an adapter of another base is refused)."""
+        await check_activation(state, user, version)  # a file llama.cpp cannot load is refused
         return activate(state.store, state.spec, user, version).to_dict()
 
     @app.get("/v1/schedule", response_model=ScheduleOut, responses=_ERRORS)
@@ -261,7 +281,8 @@ def create_app(state: AppState, token: str | None = None) -> FastAPI:
         """The learning jobs: each one's last run (or why it skipped), next run and live progress."""
         jobs = state.scheduler.status() if state.scheduler else []
         return {"object": "schedule", "enabled": bool(state.scheduler and state.scheduler.settings.enabled),
-                "paused": not state.config.learning.mining, "jobs": [j.to_dict() for j in jobs]}
+                "paused": bool(state.miner.paused()), "paused_reason": state.miner.paused(),
+                "jobs": [j.to_dict() for j in jobs]}
 
     @app.post("/v1/schedule/{job}/run", response_model=JobRunOut, responses=_ERRORS)
     async def run_job_now(job: Literal["detector", "persona", "reward", "sampling", "training"]) -> dict[str, object]:
@@ -270,6 +291,8 @@ def create_app(state: AppState, token: str | None = None) -> FastAPI:
             raise NotFoundError("The daemon runs no learning schedule.")
         return (await state.scheduler.run(job)).to_dict()
 
+    add_learning_routes(app, state)
+    add_privacy_routes(app, state)
     for route in app.routes:
         if isinstance(route, APIRoute):
             route.operation_id = route.name

@@ -8,23 +8,25 @@ is stored, the answer row exists, and whatever happens to the client, the job fi
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import AsyncIterator
 
 from fastapi import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from ..engine import Job, SamplingParams
-from ..errors import RlhiError
+from ..errors import RlhiError, StoreError
 from ..persona import with_persona
 from ..records import NewMessage
 from ..store import PlacedTurn
-from ..training import adapter_file, served_adapter
-from .errors import error_response
+from ..training import adapter_file
+from .errors import error_response, rlhi_error_response
+from .serving import answering_adapter
 from .schemas import ID_PATTERN, ChatCompletionRequest
 from .state import AppState
 
@@ -143,9 +145,13 @@ async def chat_completions(request: Request, body: ChatCompletionRequest) -> Res
     system_prompt = "" if history[0].role == "system" else state.config.generation.system_prompt
     prompt_messages = with_persona([{"role": m.role, "content": m.content} for m in history],
                                    card, system_prompt)
-    prompt = state.engine.render(prompt_messages)  # ContextLengthError → 400
+    # Off the event loop: llama.cpp tokenizes in time quadratic in the special tokens (4,096 tiny
+    # messages took 13 s), and no other request may wait for that. Tokenizing only reads the
+    # vocabulary, which is safe beside a generation (llama.cpp's own server does the same).
+    prompt = await asyncio.to_thread(state.engine.render, prompt_messages)  # ContextLengthError → 400
     params = _sampling(state, body, len(prompt))
-    adapter = served_adapter(state.store, spec, user_id, _requested_adapter(request, body))  # 400/404
+    requested = _requested_adapter(request, body)
+    adapter = answering_adapter(state, user_id, requested)  # 400/404; an unservable active one: the base
 
     state.queue.reserve()  # BusyError → 503, before anything is stored
     try:
@@ -171,7 +177,8 @@ async def chat_completions(request: Request, body: ChatCompletionRequest) -> Res
         adapter_version=adapter.version if adapter else None,
     )
     job = state.queue.submit(prompt, params, on_finish=lambda job: _finish(state, turn, job),
-                             adapter=adapter_file(adapter) if adapter else None)
+                             adapter=adapter_file(adapter) if adapter else None,
+                             fallback=not (requested and requested.strip()))
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return StreamingResponse(
@@ -181,8 +188,12 @@ async def chat_completions(request: Request, body: ChatCompletionRequest) -> Res
         )
     try:
         finish = await job.wait()
+    except StoreError as exc:  # answered, but the answer could not be stored: say so, not the text
+        return rlhi_error_response(exc)
     except RlhiError as exc:
         return error_response(500, f"Generation failed: {exc}", code="engine_error", headers=turn.headers())
+    if job.adapter_error is not None:  # the adapter could not be loaded: the base model answered
+        turn = replace(turn, adapter_version=None)
     return JSONResponse(
         {
             "id": turn.completion_id,
@@ -234,16 +245,26 @@ def _finish(state: AppState, turn: _Turn, job: Job) -> None:
         )
     if turn.placed is None or turn.placed.answer_id is None:
         return
-    state.store.finish_answer(
-        turn.placed.answer_id,
-        text,
-        "complete" if complete else "incomplete",
-        reason,
-        prompt_tokens=finish.prompt_tokens if finish else None,
-        completion_tokens=finish.completion_tokens if finish else None,
-        ttft_ms=finish.ttft_ms if finish else None,
-        latency_ms=finish.latency_ms if finish else None,
-    )
+    try:
+        state.store.finish_answer(
+            turn.placed.answer_id,
+            text,
+            "complete" if complete else "incomplete",
+            reason,
+            prompt_tokens=finish.prompt_tokens if finish else None,
+            completion_tokens=finish.completion_tokens if finish else None,
+            ttft_ms=finish.ttft_ms if finish else None,
+            latency_ms=finish.latency_ms if finish else None,
+            base_fallback=job.adapter_error is not None,
+        )
+    except StoreError as exc:
+        # The disk filled (or turned read-only) while the model answered. The client must not
+        # take the answer for stored: its response ends with this error (the row stays
+        # `streaming`, and becomes `incomplete` at the next start).
+        log.error("answer %s could not be stored: %s", turn.placed.answer_id, exc)
+        if job.error is None:
+            job.error = exc
+        return
     state.miner.notify(turn.user_id)
 
 
@@ -270,6 +291,9 @@ async def _sse(state: AppState, turn: _Turn, job: Job, include_usage: bool) -> A
         if include_usage:
             usage = json.dumps(_usage(finish.prompt_tokens, finish.completion_tokens))
             yield f'data: {head}[],"usage":{usage}}}\n\n'.encode()
+        done = True
+    except StoreError as exc:
+        yield b"data: " + bytes(rlhi_error_response(exc).body) + b"\n\n"
         done = True
     except RlhiError as exc:
         error = {"error": {"message": f"Generation failed: {exc}", "type": "server_error", "param": None, "code": "engine_error"}}

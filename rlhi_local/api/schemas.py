@@ -1,15 +1,17 @@
 """Request and response shapes of the HTTP API (pydantic): the OpenAPI document is built from them.
 
 Requests follow OpenAI's chat-completions schema; unknown fields are ignored, as OpenAI does, so
-stock clients work. Every string a client sends must be valid Unicode (no lone surrogates), since
+stock clients work. Booleans are strict (`"stream": 0` or `"yes"` is a 400, as at OpenAI), so a
+request means what the OpenAPI document says. Every string a client sends must be valid Unicode (no lone surrogates), since
 it is stored and tokenized.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 
 __all__ = [
     "JobRunOut",
@@ -39,6 +41,8 @@ __all__ = [
     "TrainRunOut",
     "AdapterList",
     "AdapterOut",
+    "ForgetOut",
+    "ForgetRequest",
 ]
 
 ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
@@ -53,6 +57,18 @@ def _check_text(value: str) -> str:
     return value
 
 
+def _documented(**limits: dict[str, Any]) -> Callable[[dict[str, Any]], None]:
+    """Writes limits that a validator enforces (with a clearer message than pydantic's) into the
+    field's OpenAPI schema, per JSON type (`string=`, `array=`, `object=`), so that clients, and
+    the fuzz test that generates requests from the document, know them too."""
+
+    def extra(schema: dict[str, Any]) -> None:
+        for branch in schema.get("anyOf", [schema]):
+            branch.update(limits.get(str(branch.get("type")), {}))
+
+    return extra
+
+
 class TextPart(BaseModel):
     model_config = ConfigDict(extra="ignore")
     type: Literal["text"]
@@ -64,7 +80,8 @@ class TextPart(BaseModel):
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart] | None = Field(default=None)
+    content: str | list[TextPart] | None = Field(
+        default=None, json_schema_extra=_documented(string={"maxLength": MAX_TEXT}))
     name: str | None = Field(default=None, max_length=128)
 
     @field_validator("content")
@@ -86,7 +103,7 @@ class ChatMessage(BaseModel):
 
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    include_usage: bool = False
+    include_usage: StrictBool = False
 
 
 class ChatCompletionRequest(BaseModel):
@@ -96,7 +113,7 @@ class ChatCompletionRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
     model: str = Field(min_length=1, max_length=256)
     messages: list[ChatMessage] = Field(min_length=1, max_length=4096)
-    stream: bool = False
+    stream: StrictBool = False
     stream_options: StreamOptions | None = None
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
@@ -106,12 +123,14 @@ class ChatCompletionRequest(BaseModel):
     min_p: float | None = Field(default=None, ge=0, le=1)
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
-    stop: str | list[str] | None = None
+    stop: str | list[str] | None = Field(default=None, json_schema_extra=_documented(
+        string={"maxLength": 256}, array={"maxItems": 4, "items": {"type": "string", "maxLength": 256}}))
     seed: int | None = Field(default=None, ge=-(2**63), le=2**64 - 1)
     n: int | None = Field(default=None, ge=1, le=1, description="Only one choice is supported.")
-    ignore_eos: bool = Field(default=False, description="rlhi extension: generate max_tokens tokens.")
+    ignore_eos: StrictBool = Field(default=False, description="rlhi extension: generate max_tokens tokens.")
     user: str | None = Field(default=None, pattern=ID_PATTERN)
-    metadata: dict[str, str] | None = Field(default=None, max_length=16)
+    metadata: dict[str, str] | None = Field(default=None, max_length=16, json_schema_extra=_documented(
+        object={"propertyNames": {"maxLength": 64}, "additionalProperties": {"type": "string", "maxLength": 512}}))
 
     @field_validator("stop")
     @classmethod
@@ -307,8 +326,9 @@ class PairList(BaseModel):
 
 class FactIn(BaseModel):
     key: str | None = Field(default=None, max_length=300)
-    text: str = Field(min_length=1, max_length=300)
-    deleted: bool = False
+    # The pattern documents what persona.fact_from_user_text refuses: no text but spaces and dots.
+    text: str = Field(min_length=1, max_length=300, json_schema_extra=_documented(string={"pattern": r"[^\s.]"}))
+    deleted: StrictBool = False
 
     _valid = field_validator("text")(_check_text)
 
@@ -341,13 +361,16 @@ class Health(BaseModel):
     model: dict[str, Any]
     queue: dict[str, Any]
     learning: dict[str, Any]
+    problems: list[dict[str, Any]] = Field(default_factory=list)
+    """What cannot be served as it should (an unreadable adapter, a disk refusing writes): each
+    with `kind`, `path` and a `message` naming the fix."""
 
 
 class TrainRequest(BaseModel):
     """Start a training run. `now`: at once; otherwise when the user has been idle a while."""
 
     user: str | None = Field(default=None, pattern=ID_PATTERN)
-    now: bool = True
+    now: StrictBool = True
 
 
 class TrainRunOut(BaseModel):
@@ -423,5 +446,45 @@ class ScheduleOut(BaseModel):
     object: Literal["schedule"] = "schedule"
     enabled: bool
     paused: bool
-    """Learning as a whole is paused (learning.mining = false): every job skips."""
+    """Learning as a whole is paused (learning.mining = false, or `rlhi pause`): every job skips."""
+    paused_reason: str = ""
+    """Which switch pauses it ("" when learning runs); `GET /v1/learning` says the same."""
     jobs: list[JobStatusOut]
+
+
+class ForgetRequest(BaseModel):
+    """What to forget, exactly one of: `conversation_id`; a date range (`since` and/or `until`,
+    ISO 8601, local time unless a zone is given; a bare `until` date includes that day); or
+    `everything: true`. Unknown fields are refused: a typo must not forget something else."""
+
+    model_config = ConfigDict(extra="forbid")
+    user: str | None = Field(default=None, pattern=ID_PATTERN)
+    conversation_id: str | None = Field(default=None, pattern=ID_PATTERN)
+    since: str | None = Field(default=None, max_length=40)
+    until: str | None = Field(default=None, max_length=40)
+    everything: bool = False
+
+
+class ForgetOut(BaseModel):
+    """What was deleted and retired, what answers now, and the retraining queued."""
+
+    object: Literal["forget"] = "forget"
+    user: str
+    selector: dict[str, Any]
+    """The request's selector, with `since`/`until` as the UTC times compared."""
+    deleted: dict[str, int]
+    """Rows deleted per table; `personas_rewritten`: persona versions scrubbed of forgotten evidence."""
+    pair_ids: list[str]
+    persona_versions_changed: list[int]
+    adapters_retired: list[int]
+    reward_models_retired: list[int]
+    active_adapter: int | None
+    """The adapter that answers from now on (None: the base model)."""
+    active_reward_model: int | None
+    retraining: dict[str, Any]
+    """{"queued", "run_id", "reason"}: a run on the pairs left, when the served adapter was retired."""
+    files_deleted: int
+    database_bytes: int
+    wal_bytes: int
+    """0 once the WAL was truncated (it holds old pages until then)."""
+    cancelled_run: str | None

@@ -80,6 +80,9 @@ class SamplingParams:
     seed: int | None = None
     ignore_eos: bool = False
     """Keep generating past end-of-generation tokens (benchmarks want a fixed length)."""
+    grammar: str = ""
+    """A GBNF grammar the answer must match ('' = free text): llama.cpp masks every token that
+    would break it, so a JSON-schema grammar always yields parseable JSON (the detector's labels)."""
 
 
 @dataclass
@@ -139,6 +142,8 @@ class Engine:
         """Loaded adapters by resolved path, least recently used first."""
         self._active: tuple[Path, float] | None = None
         """The adapter (path, scale) on the context, None for the base model."""
+        self._longest_token: int | None = None
+        """The vocabulary's longest token in bytes, once a long prompt needed it."""
         self.load_seconds = time.perf_counter() - started
         log.info(
             "model loaded id=%s n_ctx=%d threads=%d flash_attn=%s in %.2fs",
@@ -191,6 +196,12 @@ class Engine:
         self._llm.reset()  # n_tokens = 0: the next prompt is evaluated from scratch
         return True
 
+    def load_adapter(self, path: Path) -> None:
+        """Check that llama.cpp can use the LoRA adapter at `path`, keeping it loaded for a quick
+        swap; `AdapterError` (naming the file) if not. The context and its cache are untouched.
+        Call it only where `set_adapter` may be called (between requests)."""
+        self._load_adapter(Path(path).resolve())
+
     def _apply(self, want: tuple[Path, float] | None) -> None:
         """Put `want` on the context; the caller decides what happens to the KV cache."""
         import ctypes
@@ -228,6 +239,23 @@ class Engine:
             llama_cpp.llama_adapter_lora_free(self._adapters.pop(idle.pop(0)))
         self._adapters[path] = adapter
         return adapter
+
+    def forget(self, adapters: Sequence[Path]) -> int:
+        """Drop what the engine holds of data its user asked to forget: the loaded LoRA adapters
+        at `adapters` (the base answers if one of them was active) and the prompt's KV cache,
+        which may hold a forgotten conversation. Returns how many adapters were freed. Call
+        between requests (`RequestQueue.run_exclusive`)."""
+        import llama_cpp
+
+        gone = {Path(p).resolve() for p in adapters}
+        if self._active is not None and self._active[0] in gone:
+            self._apply(None)
+        freed = [p for p in self._adapters if p in gone]
+        for path in freed:
+            llama_cpp.llama_adapter_lora_free(self._adapters.pop(path))
+        self._llm._ctx.kv_cache_seq_rm(-1, 0, -1)
+        self._llm.reset()
+        return len(freed)
 
     @contextmanager
     def keep_cache(self) -> Iterator[None]:
@@ -273,14 +301,34 @@ class Engine:
         """The chat-templated prompt as tokens; fails if it leaves no room for an answer."""
         try:
             result = self._formatter(messages=list(messages))
-            tokens = self._llm.tokenize(
-                result.prompt.encode("utf-8"), add_bos=not result.added_special, special=True
-            )
+            prompt = result.prompt.encode("utf-8")
+            # Tokenizing runs on the API's event loop (a 3 MB body took ~20 s on 2 busy cores,
+            # stalling every other request): a prompt too long to fit even if each token were
+            # the vocabulary's longest is refused unread.
+            if len(prompt) > self.n_ctx * 16 and len(prompt) > self.n_ctx * self._max_token_bytes():
+                raise ContextLengthError(len(prompt) // self._max_token_bytes(), self.n_ctx, at_least=True)
+            tokens = self._llm.tokenize(prompt, add_bos=not result.added_special, special=True)
         except (ValueError, RuntimeError, UnicodeError) as exc:
             raise EngineError(f"The chat template could not be applied to these messages: {exc}") from exc
         if len(tokens) >= self.n_ctx:
             raise ContextLengthError(len(tokens), self.n_ctx)
         return tokens
+
+    def _max_token_bytes(self) -> int:
+        """The longest token's length in bytes (81 for SmolLM2), counted once (~0.1 s), when a
+        prompt first runs past 16 bytes per token of context."""
+        if self._longest_token is None:
+            import ctypes
+
+            import llama_cpp
+
+            buf = ctypes.create_string_buffer(1024)
+            # llama_token_to_piece returns the length, or minus the size it needs.
+            self._longest_token = max(
+                abs(llama_cpp.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, True))
+                for token in range(self._llm.n_vocab())
+            )
+        return self._longest_token
 
     # -- generation --------------------------------------------------------------------------
 
@@ -295,6 +343,8 @@ class Engine:
         Stops at an end-of-generation token, a stop string (never emitted), `max_tokens`, a full
         context, or when `cancel` is set (checked between tokens).
         """
+        from llama_cpp import LlamaGrammar
+
         started = time.perf_counter()
         budget = min(params.max_tokens, self.n_ctx - len(prompt))
         seed = params.seed if params.seed is not None else random.getrandbits(31)
@@ -317,6 +367,7 @@ class Engine:
                 repeat_penalty=1.0,
                 presence_penalty=params.presence_penalty,
                 frequency_penalty=params.frequency_penalty,
+                grammar=LlamaGrammar.from_string(params.grammar) if params.grammar else None,
             )
             for token in tokens:
                 if cancel is not None and cancel.is_set():

@@ -4,7 +4,9 @@ Requests wait on an asyncio lock (FIFO in CPython) and are served whole, never i
 generation itself runs on one dedicated worker thread so the event loop keeps accepting
 connections; pieces cross back to the loop with `call_soon_threadsafe`. Over `max_waiting`
 waiting requests, `reserve` raises `BusyError` (the API answers 503). Each job names its LoRA
-adapter; the worker switches to it before generating, so a swap never lands mid-answer.
+adapter; the worker switches to it before generating, so a swap never lands mid-answer. An adapter
+llama.cpp cannot load is remembered (until its file changes): a job that may fall back answers
+with the base model instead of failing.
 """
 
 from __future__ import annotations
@@ -16,14 +18,16 @@ from contextlib import nullcontext
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import AsyncIterator, Callable
+from typing import AsyncIterator, Callable, TypeVar
 
-from ..errors import BusyError, EngineError
+from ..errors import AdapterError, BusyError, EngineError
 from .model import Engine, Finish, Piece, SamplingParams
 
 __all__ = ["Job", "RequestQueue"]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 _END = object()
 
@@ -44,6 +48,11 @@ class Job:
     path of the adapter that actually produced the answer (`Engine.adapter`)."""
     text_parts: list[str] = field(default_factory=list)
     """The text generated so far (kept for an answer that fails half-way)."""
+    fallback: bool = False
+    """If the adapter cannot be loaded, answer with the base model instead of failing (the
+    user's active adapter; an adapter a request names is never swapped silently)."""
+    adapter_error: str | None = None
+    """Set when the job fell back: why its adapter could not be used."""
     _pieces: asyncio.Queue[object] = field(default_factory=asyncio.Queue)
     _done: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -81,6 +90,14 @@ class Job:
         return self.finish
 
 
+def _stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return info.st_size, info.st_mtime_ns
+
+
 class RequestQueue:
     """Serialises access to the `Engine`."""
 
@@ -92,6 +109,8 @@ class RequestQueue:
         self._running = False
         self._jobs: set[Job] = set()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlhi-engine")
+        self._unreadable: dict[Path, tuple[tuple[int, int] | None, str]] = {}
+        """Adapters llama.cpp refused: resolved path -> (the file's size and mtime then, why)."""
 
     @property
     def waiting(self) -> int:
@@ -114,6 +133,39 @@ class RequestQueue:
         """Give back a reservation that will not be submitted."""
         self._waiting -= 1
 
+    def adapter_problem(self, path: Path) -> str | None:
+        """Why llama.cpp could not load the adapter at `path`, or None if no load of it failed.
+        Forgotten once the file changes (replaced or restored), so the next job tries it again."""
+        key = Path(path).resolve()
+        found = self._unreadable.get(key)
+        if found is None:
+            return None
+        if found[0] != _stamp(key):
+            self._unreadable.pop(key, None)
+            return None
+        return found[1]
+
+    def probe_adapter(self, path: Path) -> str | None:
+        """Load the adapter at `path` now, keeping it loaded; returns (and remembers) why it cannot
+        be used, else None. Only between jobs: at start-up, or through `check_adapter`."""
+        try:
+            self.engine.load_adapter(path)
+        except AdapterError as exc:
+            self._note_unreadable(Path(path), exc)
+            return str(exc)
+        self._unreadable.pop(Path(path).resolve(), None)
+        return None
+
+    async def check_adapter(self, path: Path) -> str | None:
+        """`probe_adapter` on the engine's thread, between two answers (it waits its turn)."""
+        return await self.run_exclusive(lambda _engine: self.probe_adapter(path))
+
+    def _note_unreadable(self, path: Path, exc: AdapterError) -> None:
+        key = path.resolve()
+        if key not in self._unreadable:
+            log.error("adapter unreadable, its user is answered by the base model: %s", exc)
+        self._unreadable[key] = (_stamp(key), str(exc))
+
     def submit(
         self,
         prompt: list[int],
@@ -121,9 +173,10 @@ class RequestQueue:
         on_finish: Callable[[Job], None] | None = None,
         background: bool = False,
         adapter: Path | None = None,
+        fallback: bool = False,
     ) -> Job:
         """Start a reserved job; `on_finish` runs on the loop once it ended, whatever happened."""
-        job = Job(prompt=prompt, params=params, background=background, adapter=adapter)
+        job = Job(prompt=prompt, params=params, background=background, adapter=adapter, fallback=fallback)
         self._jobs.add(job)
         asyncio.get_running_loop().create_task(self._run(job, on_finish))
         return job
@@ -160,7 +213,14 @@ class RequestQueue:
         try:
             with self.engine.keep_cache() if job.background else nullcontext():
                 # Inside keep_cache: the chat's KV is saved before a swap drops it.
-                self.engine.set_adapter(job.adapter)
+                try:
+                    self.engine.set_adapter(job.adapter)
+                except AdapterError as exc:
+                    if not job.fallback or job.adapter is None:
+                        raise
+                    self._note_unreadable(Path(job.adapter), exc)
+                    job.adapter_error = str(exc)
+                    self.engine.set_adapter(None)
                 job.adapter = self.engine.adapter
                 for item in self.engine.generate(job.prompt, job.params, job.cancel_event):
                     if isinstance(item, Piece):
@@ -171,6 +231,13 @@ class RequestQueue:
         except Exception as exc:  # boundary: reported through the job
             job.error = exc
             log.exception("engine failed")
+
+    async def run_exclusive(self, fn: Callable[[Engine], T]) -> T:
+        """Run `fn(engine)` on the worker thread between requests, after those already queued:
+        for maintenance that must never land mid-answer (`Engine.forget`)."""
+        loop = asyncio.get_running_loop()
+        async with self._lock:
+            return await loop.run_in_executor(self._executor, fn, self.engine)
 
     def close(self) -> None:
         """Stop every job at its next token and wait for the worker: the model may then be freed."""

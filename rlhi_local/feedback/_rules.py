@@ -14,10 +14,12 @@ from typing import Final, Mapping, Sequence
 from ._instruction import error_line
 from ._lexicon import ANAPHORA, CUES, ERROR_HINT, NEW_TOPIC, STOPWORDS
 
-__all__ = ["KINDS", "Scored", "score"]
+__all__ = ["ACTIONABLE", "KINDS", "Scored", "score"]
 
 KINDS: Final = ("rewrite_request", "correction", "clarification", "complaint", "retry", "positive",
                 "continuation", "new_request")
+ACTIONABLE: Final = frozenset({"rewrite_request", "correction", "clarification"})
+"""Kinds that say how the answer should change, so they can become `guided_rewrite` pairs."""
 
 Scored = tuple[str, float, dict[str, float]]
 MAX_CHARS: Final = 2000

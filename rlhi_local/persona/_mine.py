@@ -14,7 +14,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Final, Sequence
 
-from ..feedback import classify
+from ..feedback import classify, is_harmful_instruction
 from ..records import Message
 from . import _lexicon as lx
 from ._fact import Fact
@@ -246,6 +246,10 @@ def mine_facts(messages: Sequence[Message]) -> list[Fact]:
     labels: dict[str, str] = {}
     for i, m in enumerate(history):
         if m.role != "user" or not m.content.strip():
+            continue
+        if is_harmful_instruction(m.content):
+            # A message that tries to talk the model out of its safety (typed, pasted or
+            # imported) says nothing about the user that belongs in every system prompt.
             continue
 
         def add(key: str, category: str, text: str, strong: bool, m: Message = m, i: int = i) -> None:

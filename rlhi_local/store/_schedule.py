@@ -4,6 +4,7 @@ A mixin of `Store`. `schedule_jobs` is APScheduler's persistent job store (one r
 its next run time and its pickled state, as APScheduler's own SQLAlchemy store keeps it), so a
 restart keeps the schedule. `job_runs` is our log of what each job did, or why it skipped: the
 rows `rlhi status` and the UI show. Both live in the user's private database (mode 0600).
+`learning_state` holds whether learning as a whole is paused at run time (`rlhi pause`).
 """
 
 from __future__ import annotations
@@ -119,3 +120,22 @@ class ScheduleMixin:
     def prune_job_runs(self, keep: int = 2000) -> None:
         with self._atomic() as db:
             db.execute("DELETE FROM job_runs WHERE id <= (SELECT MAX(id) FROM job_runs) - ?", [keep])
+
+    # -- learning paused at run time (`rlhi pause`) ----------------------------------------------
+
+    def learning_paused(self) -> tuple[bool, str | None]:
+        """(paused by `rlhi pause`, when that was last set); (False, None) if never set."""
+        rows = self._rows("SELECT paused, changed_at FROM learning_state WHERE id = 1")
+        return (bool(rows[0]["paused"]), rows[0]["changed_at"]) if rows else (False, None)
+
+    def set_learning_paused(self, paused: bool) -> bool:
+        """Pause or resume learning as a whole; returns whether this changed it. The row
+        survives a restart: a daemon started later stays paused until resumed."""
+        with self._atomic() as db:
+            row = db.execute("SELECT paused FROM learning_state WHERE id = 1").fetchone()
+            if row is not None and bool(row[0]) == paused:
+                return False
+            db.execute("INSERT INTO learning_state (id, paused, changed_at) VALUES (1, ?, ?) "
+                       "ON CONFLICT (id) DO UPDATE SET paused = excluded.paused, changed_at = excluded.changed_at",
+                       [int(paused), utc_now()])
+            return True

@@ -43,6 +43,8 @@ class DetectorLabel:
     actionable: bool
     instruction: str
     confidence: float
+    detector: str = "rules"
+    """Which detector produced it: 'rules' or 'model' (`detector.model` in the config)."""
 
 
 def _msg(row: dict[str, Any]) -> Message:
@@ -120,23 +122,23 @@ class SignalsMixin:
 
     def add_detector_label(
         self, user_id: str, message_id: str, followup_id: str, kind: str, actionable: bool,
-        instruction: str, confidence: float, detector_version: str,
+        instruction: str, confidence: float, detector_version: str, detector: str = "rules",
     ) -> None:
         with self._atomic() as db:
             db.execute(
                 "INSERT OR IGNORE INTO feedback (id, user_id, message_id, followup_id, kind, source, "
-                "actionable, instruction, confidence, detector_version, created_at) "
-                "VALUES (?, ?, ?, ?, ?, 'detector', ?, ?, ?, ?, ?)",
+                "actionable, instruction, confidence, detector_version, created_at, detector) "
+                "VALUES (?, ?, ?, ?, ?, 'detector', ?, ?, ?, ?, ?, ?)",
                 [new_id("fb"), user_id, message_id, followup_id, kind, int(actionable), instruction,
-                 confidence, detector_version, utc_now()],
+                 confidence, detector_version, utc_now(), detector],
             )
 
     def detector_labels(self, user_id: str, detector_version: str) -> list[DetectorLabel]:
         return [
             DetectorLabel(r["id"], r["message_id"], r["followup_id"], r["kind"], bool(r["actionable"]),
-                          r["instruction"], r["confidence"])
+                          r["instruction"], r["confidence"], r["detector"] or "rules")
             for r in self._rows(
-                "SELECT id, message_id, followup_id, kind, actionable, instruction, confidence "
+                "SELECT id, message_id, followup_id, kind, actionable, instruction, confidence, detector "
                 "FROM feedback WHERE user_id = ? AND source = 'detector' AND detector_version = ? "
                 "ORDER BY rowid",
                 [user_id, detector_version],

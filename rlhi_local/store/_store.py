@@ -18,9 +18,11 @@ from typing import Any, Iterator, Sequence
 
 from sqlite_utils import Database
 
-from ..errors import InvalidRequestError, NotFoundError, StoreError
+from ..errors import InvalidRequestError, NotFoundError, StoreError, StoreUnwritableError
 from ..records import Conversation, Message, NewMessage, Origin, Status, User, UserFeedbackKind
+from ._faults import check_database_file, open_error, read_error, write_error
 from ._ids import utc_now, new_id, path_hash
+from ._privacy import PrivacyMixin
 from ._reward import RewardMixin
 from ._schedule import ScheduleMixin
 from ._training import TrainingMixin
@@ -52,15 +54,20 @@ class PlacedTurn:
     answer_origin: Origin
 
 
-class Store(SignalsMixin, TrainingMixin, ScheduleMixin, RewardMixin):
+class Store(SignalsMixin, TrainingMixin, ScheduleMixin, RewardMixin, PrivacyMixin):
     """Owns the SQLite connection. Safe to call from several threads (one lock)."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._lock = threading.RLock()
+        self.unwritable: str | None = None
+        """Why the last write failed when the disk refused it (full, read-only), until a write
+        succeeds again; /health shows it."""
+        conn: sqlite3.Connection | None = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             fresh = not self.path.exists()
+            check_database_file(self.path)  # a damaged file is refused before SQLite writes to it
             old_umask = os.umask(0o077)
             try:
                 conn = sqlite3.connect(str(self.path), check_same_thread=False, timeout=30)
@@ -69,16 +76,19 @@ class Store(SignalsMixin, TrainingMixin, ScheduleMixin, RewardMixin):
                 self.db.enable_wal()
                 self.db.execute("PRAGMA foreign_keys = ON")
                 self.db.execute("PRAGMA synchronous = NORMAL")
+                # Deleted rows are zeroed on disk, not just unlinked (`forget`, DESIGN §6).
+                self.db.execute("PRAGMA secure_delete = ON")
                 migrations.apply(self.db)
             finally:
                 os.umask(old_umask)
             self._secure_files()
             recovered = self._recover_streaming()
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(
-                f"The database {self.path} cannot be opened: {exc}. If it is damaged, move it "
-                f"aside (the daemon then starts a new one) and restore it from a backup."
-            ) from exc
+        except (sqlite3.DatabaseError, StoreError) as exc:
+            if conn is not None:
+                conn.close()
+            if isinstance(exc, StoreError):
+                raise
+            raise open_error(exc, self.path) from exc
         log.info("store open path=%s fresh=%s recovered_incomplete=%d", self.path, fresh, recovered)
 
     def close(self) -> None:
@@ -88,9 +98,13 @@ class Store(SignalsMixin, TrainingMixin, ScheduleMixin, RewardMixin):
     # -- internals -------------------------------------------------------------------------
 
     def _secure_files(self) -> None:
+        """Database files are 0600; a looser mode (a copy, a restore, a umask) is repaired and said."""
         for suffix in ("", "-wal", "-shm"):
             p = Path(str(self.path) + suffix)
             if p.exists():
+                mode = p.stat().st_mode & 0o777
+                if mode != 0o600:
+                    log.warning("repairing permissions of %s: %o -> 600 (it holds private data)", p, mode)
                 os.chmod(p, 0o600)
 
     @contextmanager
@@ -100,7 +114,11 @@ class Store(SignalsMixin, TrainingMixin, ScheduleMixin, RewardMixin):
                 with self.db.atomic():
                     yield self.db
             except sqlite3.Error as exc:
-                raise StoreError(f"Writing to {self.path} failed: {exc}.") from exc
+                error = write_error(exc, self.path)
+                if isinstance(error, StoreUnwritableError):
+                    self.unwritable = str(error)
+                raise error from exc
+            self.unwritable = None
 
     def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         with self._lock:
@@ -109,7 +127,7 @@ class Store(SignalsMixin, TrainingMixin, ScheduleMixin, RewardMixin):
                 names = [d[0] for d in cursor.description]
                 return [dict(zip(names, row)) for row in cursor.fetchall()]
             except sqlite3.Error as exc:
-                raise StoreError(f"Reading {self.path} failed: {exc}.") from exc
+                raise read_error(exc, self.path) from exc
 
     def _recover_streaming(self) -> int:
         """Answers left `streaming` by a crash become `incomplete`: kept, and marked so."""
@@ -464,8 +482,11 @@ class Store(SignalsMixin, TrainingMixin, ScheduleMixin, RewardMixin):
         completion_tokens: int | None = None,
         ttft_ms: float | None = None,
         latency_ms: float | None = None,
+        base_fallback: bool = False,
     ) -> None:
-        """Write the generated text into the answer row opened by `place_turns`."""
+        """Write the generated text into the answer row opened by `place_turns`.
+        `base_fallback`: the base model answered because the recorded adapter could not be
+        loaded; the row then records no adapter, as it must say what produced the answer."""
         with self._atomic() as db:
             row = db.execute(
                 "SELECT parent_id FROM messages WHERE id = ?", [answer_id]
@@ -495,6 +516,8 @@ class Store(SignalsMixin, TrainingMixin, ScheduleMixin, RewardMixin):
                     answer_id,
                 ],
             )
+            if base_fallback:
+                db.execute("UPDATE messages SET adapter_version = NULL WHERE id = ?", [answer_id])
 
     def integrity_check(self) -> str:
         return str(self._rows("PRAGMA integrity_check")[0]["integrity_check"])

@@ -103,6 +103,11 @@ class TrainingMixin:
         rows = self._rows(f"SELECT {_ADAPTER} FROM adapters WHERE user_id = ? AND status = 'active'", [user_id])
         return Adapter(**rows[0]) if rows else None
 
+    def active_adapters(self) -> list[Adapter]:
+        """Every user's served adapter (the daemon checks their files at start)."""
+        return [Adapter(**r) for r in self._rows(
+            f"SELECT {_ADAPTER} FROM adapters WHERE status = 'active' ORDER BY user_id")]
+
     def set_adapter_status(self, user_id: str, version: int, status: AdapterStatus, reason: str = "") -> None:
         with self._atomic() as db:
             db.execute("UPDATE adapters SET status = ?, reason = ? WHERE user_id = ? AND version = ?",
@@ -120,6 +125,29 @@ class TrainingMixin:
                 db.execute("UPDATE adapters SET status = 'active', reason = '', activated_at = ? "
                            "WHERE user_id = ? AND version = ?", [utc_now(), user_id, version])
         return self.active_adapter(user_id)
+
+    def record_trained_adapter(self, run_id: str, user_id: str, version: int, base_fingerprint: str, path: str,
+                               pair_ids: Sequence[str], metrics: dict[str, Any], reason: str) -> Adapter:
+        """A finished run's candidate, in one transaction: its row, `active` (the one before it
+        retired) when the gate gave no `reason`, else `rejected` with it; and the run `done`.
+        A daemon killed while it registers lands before or after this commit, never between:
+        no stranded `candidate`, and no run marked failed while its adapter is served."""
+        promoted = not reason
+        now = utc_now()
+        progress = {"event": "finished", "promoted": promoted, "reason": reason}
+        with self._atomic() as db:
+            self._ensure_user_in_transaction(db, user_id)
+            if promoted:
+                db.execute("UPDATE adapters SET status = 'retired', reason = ? WHERE user_id = ? AND status = 'active'",
+                           [f"replaced by v{version}", user_id])
+            db.execute(
+                f"INSERT INTO adapters ({_ADAPTER}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [new_id("adapter"), user_id, version, base_fingerprint, path, json.dumps(list(pair_ids)),
+                 json.dumps(metrics), "active" if promoted else "rejected", reason, run_id, now,
+                 now if promoted else None])
+            db.execute("UPDATE train_runs SET status = 'done', metrics = ?, progress = ?, finished_at = ? WHERE id = ?",
+                       [json.dumps(metrics), json.dumps(progress), now, run_id])
+        return self.get_adapter(user_id, version)
 
     def trained_pair_ids(self, user_id: str) -> set[str]:
         """Pairs some adapter of this user was trained on (new pairs are the others)."""

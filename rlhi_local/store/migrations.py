@@ -259,3 +259,45 @@ def m006_schedule(db: Database) -> None:
         """
     )
     db.execute("CREATE INDEX IF NOT EXISTS job_runs_job ON job_runs(job, id)")
+
+
+@migrations()
+def m007_privacy(db: Database) -> None:
+    # `forget` deletes messages, feedback and pairs by these keys, and every cascade from a
+    # deleted message looks them up: without an index each deleted row scans the whole table.
+    # Ids only; no text is copied into an index.
+    for name, table, column in (
+        ("feedback_followup", "feedback", "followup_id"),
+        ("pairs_conversation", "pairs", "conversation_id"),
+        ("pairs_rejected", "pairs", "rejected_message_id"),
+        ("pairs_chosen", "pairs", "chosen_message_id"),
+        ("pairs_feedback", "pairs", "feedback_id"),
+    ):
+        db.execute(f"CREATE INDEX IF NOT EXISTS {name} ON {table}({column})")
+
+
+@migrations()
+def m008_learning_state(db: Database) -> None:
+    # Learning as a whole, paused or not, set at run time (`rlhi pause` / `rlhi resume`): one
+    # row, so the choice survives a restart. Independent of every other table (a migration
+    # numbered before it may be added or applied later without touching it).
+    db.execute(
+        """
+        CREATE TABLE IF NOT EXISTS learning_state (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            paused INTEGER NOT NULL DEFAULT 0 CHECK (paused IN (0, 1)),
+            changed_at TEXT NOT NULL
+        )
+        """
+    )
+
+
+@migrations()
+def m009_detector(db: Database) -> None:
+    # Which detector produced each label: 'rules' or 'model' (a configured model, DESIGN §4), so
+    # labels from a model can be listed, compared and redone. NULL for the user's own judgements.
+    # The column check tolerates a dev database that already has it.
+    columns = {row[1] for row in db.execute("PRAGMA table_info(feedback)").fetchall()}
+    if "detector" not in columns:
+        db.execute("ALTER TABLE feedback ADD COLUMN detector TEXT CHECK (detector IN ('rules', 'model'))")
+    db.execute("UPDATE feedback SET detector = 'rules' WHERE source = 'detector' AND detector IS NULL")

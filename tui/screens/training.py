@@ -207,9 +207,11 @@ class TrainingScreen(ModalScreen[None]):
 
 def describe_schedule(schedule: dict[str, Any]) -> str:
     """One line per learning job: when it runs next, and what it did last (or why it skipped)."""
+    reason = str(schedule.get("paused_reason") or "learning is paused")
+    paused = [f"{reason[:1].upper()}{reason[1:]}. F5 in the chat pauses and resumes it."] if schedule.get("paused") else []
     if not schedule.get("enabled"):
-        return "Off (schedule.enabled = false): learning runs only when you press t."
-    lines = ["Learning is paused (learning.mining = false)."] if schedule.get("paused") else []
+        return "\n".join([*paused, "Off (schedule.enabled = false): learning runs only when you press t."])
+    lines = paused
     for job in schedule.get("jobs", []):
         if not job.get("interval_s"):
             lines.append(f"{job['name']:<9} off")

@@ -7,5 +7,6 @@ from .conversation_list import ConversationList
 from .message_box import MessageBox
 from .prompt_input import PromptInput
 from .status_line import StatusLine
+from .stream_text import StreamText
 
-__all__ = ["ChatView", "ConversationList", "MessageBox", "PromptInput", "StatusLine"]
+__all__ = ["ChatView", "ConversationList", "MessageBox", "PromptInput", "StatusLine", "StreamText"]

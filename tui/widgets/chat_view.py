@@ -21,6 +21,9 @@ class ChatView(VerticalScroll, can_focus=False):
     """Shows the branch the app hands it; keeps boxes that did not change, so focus and
     rendered Markdown survive an update."""
 
+    hint = EMPTY_HINT
+    """What an empty conversation says (the app sets another one for an off-the-record one)."""
+
     def on_mount(self) -> None:
         self.anchor()
 
@@ -56,7 +59,8 @@ class ChatView(VerticalScroll, can_focus=False):
         new: list[MessageBox] = []
         if user_text is not None:
             new.append(MessageBox({"id": None, "role": "user", "content": user_text, "status": "complete"}))
-        answer = MessageBox({"id": None, "role": "assistant", "content": "", "status": "streaming"})
+        answer = MessageBox({"id": None, "role": "assistant", "content": "", "status": "streaming"},
+                            streaming=True)
         new.append(answer)
         await self.mount_all(new)
         self.anchor()
@@ -67,7 +71,11 @@ class ChatView(VerticalScroll, can_focus=False):
 
     async def _set_hint(self, show: bool) -> None:
         hints = list(self.query_children(".empty-hint"))
-        if show and not hints:
-            await self.mount(Static(EMPTY_HINT, classes="empty-hint"))
+        if show and hints:
+            for hint in hints:
+                if isinstance(hint, Static):
+                    hint.update(self.hint)
+        elif show and not hints:
+            await self.mount(Static(self.hint, classes="empty-hint"))
         elif not show and hints:
             await self.remove_children(hints)

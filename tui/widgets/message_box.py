@@ -16,11 +16,15 @@ from textual.content import Content
 from textual.message import Message
 from textual.widgets import Markdown, Static
 
+from .stream_text import StreamText
+
 FeedbackKind = Literal["thumbs_up", "thumbs_down", "choice"]
 
 _ORIGIN = {"user_edit": "your edit", "regenerate": "regenerated", "imported": "imported"}
 _FEEDBACK = {"thumbs_up": "liked", "thumbs_down": "disliked", "choice": "preferred"}
 _ANSWER_ONLY = {"edit", "regenerate", "thumbs_up", "thumbs_down", "copy", "prefer"}
+_TEACHING = {"edit", "regenerate", "thumbs_up", "thumbs_down", "prefer", "sibling"}
+"""Actions that store something to learn from: none of them on an off-the-record turn."""
 
 
 class MessageBox(Vertical, can_focus=True):
@@ -70,14 +74,19 @@ class MessageBox(Vertical, can_focus=True):
         message_id: str
         step: int
 
-    def __init__(self, message: dict[str, Any], index: int = 1, count: int = 1) -> None:
+    def __init__(self, message: dict[str, Any], index: int = 1, count: int = 1, *,
+                 streaming: bool = False) -> None:
+        """`streaming`: an answer about to be written: it shows plain text as it arrives
+        (`append`) and renders as Markdown from `end_stream` on."""
         super().__init__(classes=f"-{message['role']}")
         self.message = dict(message)
         self.index = index
         self.count = count
         self.border_title = self._header_text()
-        if message["role"] == "assistant":
-            self._body: Markdown | Static = Markdown(message.get("content") or "", classes="body")
+        if streaming:
+            self._body: Markdown | Static | StreamText = StreamText(classes="body")
+        elif message["role"] == "assistant":
+            self._body = Markdown(message.get("content") or "", classes="body")
         else:
             self._body = Static(message.get("content") or "", markup=False, classes="body")
 
@@ -87,26 +96,49 @@ class MessageBox(Vertical, can_focus=True):
 
     @property
     def markdown(self) -> Markdown:
-        """The answer's Markdown widget (streamed into while the answer is generated)."""
-        assert isinstance(self._body, Markdown), "only answers render Markdown"
+        """The answer's Markdown widget (once the answer is complete)."""
+        assert isinstance(self._body, Markdown), "only complete answers render Markdown"
         return self._body
+
+    @property
+    def text(self) -> str:
+        """The text on screen: what has arrived of an answer being written, else the message's."""
+        if isinstance(self._body, StreamText):
+            return self._body.text
+        if isinstance(self._body, Markdown):
+            return self._body.source
+        return self.message.get("content") or ""
 
     def compose(self) -> ComposeResult:
         yield self._body
+
+    def append(self, text: str) -> None:
+        """Add what arrived of the answer being written (plain text until `end_stream`)."""
+        assert isinstance(self._body, StreamText), "only a streaming answer grows"
+        self._body.append(text)
+
+    async def end_stream(self) -> None:
+        """The answer is complete or stopped: render it as Markdown in place of the plain text."""
+        if not isinstance(self._body, StreamText) or not self.is_attached:  # e.g. the app quit
+            return
+        stream, self._body = self._body, Markdown(self._body.text, classes="body")
+        with self.app.batch_update():  # one frame: no box without a body in between
+            await self.mount(self._body)
+            await stream.remove()
 
     def update(self, message: dict[str, Any], index: int, count: int) -> None:
         """Show a fresher copy of the same stored message (status, feedback, siblings)."""
         content_changed = (message.get("content") or "") != (self.message.get("content") or "")
         self.message, self.index, self.count = dict(message), index, count
         self.border_title = self._header_text()
-        if content_changed:
+        if content_changed and not isinstance(self._body, StreamText):  # a stream is only appended to
             self._body.update(message.get("content") or "")
         self.refresh_bindings()
 
     def _header_text(self) -> Content:
         m = self.message
         parts: list[str | tuple[str, str]] = [(" You" if m["role"] == "user" else " Assistant", "bold")]
-        notes = []
+        notes = ["off the record"] if m.get("off_record") else []
         if m.get("origin") in _ORIGIN:
             notes.append(_ORIGIN[m["origin"]])
         if m.get("status") == "incomplete":
@@ -125,6 +157,8 @@ class MessageBox(Vertical, can_focus=True):
         if self.message_id is None or self.message.get("status") == "streaming":
             return action == "focus_neighbour"
         if action in _ANSWER_ONLY and self.message["role"] != "assistant":
+            return False
+        if action in _TEACHING and self.message.get("off_record"):
             return False
         if action == "prefer" and self.count < 2:
             return False

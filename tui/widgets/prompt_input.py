@@ -10,6 +10,9 @@ from textual.message import Message
 from textual.widgets import TextArea
 
 
+PLACEHOLDER = "Ask anything (Enter sends, Ctrl+J adds a line, F1 keys)"
+
+
 class PromptInput(TextArea):
     """A TextArea whose Enter sends. Sending clears nothing: the app decides, so a refused
     message stays where it was typed."""
@@ -35,7 +38,7 @@ class PromptInput(TextArea):
             soft_wrap=True,
             tab_behavior="focus",
             show_line_numbers=False,
-            placeholder="Ask anything (Enter sends, Ctrl+J adds a line, F1 keys)",
+            placeholder=PLACEHOLDER,
             id=id,
         )
 
