@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from textual import events
 from textual.app import App, ComposeResult
+from textual.content import Content
 from textual.pilot import Pilot
 from textual.widgets import Input, TextArea
 
@@ -490,3 +491,50 @@ def test_snapshot_delete_confirmation(daemon: RunningDaemon, snap_compare: Any) 
         await until(pilot, lambda: isinstance(pilot.app.screen, ConfirmScreen))
 
     assert snap_compare(_snapshot_app(daemon, "snap-delete"), terminal_size=SIZE, run_before=run_before)
+
+
+def test_streamed_text_wraps_as_if_it_came_at_once() -> None:
+    """StreamText wraps ended lines once and only re-wraps the line being written (for speed);
+    whatever the chunking, the lines shown must be Textual's own wrapping of the whole text, also
+    after the width changes."""
+    text = (
+        "A first line that is long enough to wrap more than once at forty columns wide.\n"
+        "\n"
+        "- a list item\n"
+        "    indented code with   spaces kept\n"
+        "A last line, still being written, that also wraps around the edge"
+    )
+
+    class Holder(App[None]):
+        def compose(self) -> ComposeResult:
+            yield StreamText()
+
+    def shown(stream: StreamText) -> list[str]:
+        lines = [strip.text.rstrip() for strip in stream.render_lines(stream.size.region)]
+        while lines and not lines[-1]:
+            lines.pop()
+        return lines
+
+    def expected(width: int) -> list[str]:
+        lines = [line.plain.rstrip() for line in Content(text).wrap(width)]
+        while lines and not lines[-1]:
+            lines.pop()
+        return lines
+
+    async def main() -> None:
+        app = Holder()
+        async with app.run_test(size=(40, 30)) as pilot:
+            stream = app.query_one(StreamText)
+            for start in range(0, len(text), 7):  # chunks that split words and newlines
+                stream.append(text[start:start + 7])
+                await pilot.pause()
+            assert stream.text == text
+            assert shown(stream) == expected(stream.size.width)
+            assert len(shown(stream)) > text.count("\n") + 1  # it did wrap
+
+            await pilot.resize_terminal(60, 30)
+            await pilot.pause()
+            assert stream.size.width == 60
+            assert shown(stream) == expected(60)
+
+    asyncio.run(main())
