@@ -126,6 +126,7 @@ class Daemon:
 
     def _start(self) -> None:
         from .api import AppState, create_app
+        from .api.warming import Warmer
         from .engine import Engine, RequestQueue
         from .mining import Miner
         from .models import resolve_model
@@ -161,6 +162,7 @@ class Daemon:
             config=self.config, spec=spec, engine=engine, queue=queue, store=store, miner=miner,
             trainings=trainings, scheduler=scheduler,
         )
+        self._state.warmer = Warmer(self._state)
         self._bind_unix()
         if self.config.server.tcp_port:
             self.token = _load_token(self.config)
@@ -237,6 +239,11 @@ class Daemon:
         server = uvicorn.Server(config)
         self._server = server
         loop = asyncio.get_running_loop()
+        if self._state is not None and self._state.warmer is not None:  # type: ignore[attr-defined]
+            warmer = self._state.warmer  # type: ignore[attr-defined]
+            # A promotion (the training thread) or a mined persona: warm the conversation for it.
+            self._state.trainings.promoted = lambda user: loop.call_soon_threadsafe(warmer.changed, user, True)  # type: ignore[attr-defined]
+            self._state.miner.persona_changed = warmer.changed  # type: ignore[attr-defined]
         if self._state is not None and self._state.scheduler is not None:  # type: ignore[attr-defined]
             self._state.scheduler.start()  # type: ignore[attr-defined]
         loop.call_soon(self.started.set)

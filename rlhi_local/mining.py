@@ -251,6 +251,8 @@ class Miner:
         self._background: Job | None = None
         self._paused = store.learning_paused()[0]
         """`rlhi pause`, read once at start: only this daemon (its API) changes it afterwards."""
+        self.persona_changed: Callable[[str], None] | None = None
+        """Set by the daemon: called on the loop when mining made a new persona version."""
 
     # -- pausing learning as a whole -------------------------------------------------------------
 
@@ -335,7 +337,12 @@ class Miner:
             if self.paused():
                 break
             try:
+                before = self.store.active_persona(user_id)
                 report = await asyncio.to_thread(mine, self.store, user_id, None, self.detect(loop))
+                after = self.store.active_persona(user_id)
+                if self.persona_changed is not None and after is not None and (
+                        before is None or before.card != after.card):
+                    self.persona_changed(user_id)
                 if report.deferred:  # the detector model was wanted for a chat: label the rest later
                     loop.call_later(self.config.mining_delay_s, self.notify, user_id)
                 if report.pending or self.store.pairs(user_id, status="pending"):

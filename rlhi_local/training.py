@@ -246,6 +246,8 @@ class Trainings:
                  wait_quiet: Callable[[], bool] = lambda: True, paused: Callable[[], str] = lambda: "") -> None:
         self.judge: Judge | None = None
         """Set by the daemon once it serves: the reward model's verdict for the gate."""
+        self.promoted: Callable[[str], None] | None = None
+        """Set by the daemon: told (from the training thread) when a user's new adapter is active."""
         self.store, self.config, self.spec = store, config, spec
         # Paths are fixed when the daemon starts (RLHI_HOME may change later in this process).
         self.root = data_dir() / "adapters"
@@ -368,6 +370,8 @@ class Trainings:
         self.store.record_trained_adapter(run_id, user_id, version, self.spec.fingerprint, str(final), pair_ids,
                                           metrics, reason)
         log.info("training run %s: adapter v%d %s", run_id, version, f"rejected: {reason}" if reason else "promoted")
+        if not reason and self.promoted is not None:
+            self.promoted(user_id)
 
     def _child(self, run_id: str, job_path: Path, log_path: Path) -> tuple[str, dict[str, Any], str]:
         """Run the trainer; returns (done | failed | cancelled, metrics, error)."""

@@ -194,3 +194,62 @@ def test_a_job_with_a_broken_adapter_fails_with_adapter_error(engine: Engine, re
     jobs = run_jobs(engine, [(Q, tmp_path / "gone.gguf", False), (Q, None, False)])
     assert isinstance(jobs[0].error, AdapterError) and "gone.gguf" in str(jobs[0].error)
     assert jobs[1].finish.text == ref[None, "Q"]  # type: ignore[union-attr]
+
+
+def decoded(engine: Engine) -> list[int]:
+    """Counts the tokens each decode of the serving context evaluates, from now on."""
+    counts: list[int] = []
+    ctx = engine._llm._ctx
+    original = type(ctx).decode
+
+    def counting(batch):  # type: ignore[no-untyped-def]
+        counts.append(batch.n_tokens())
+        return original(ctx, batch)
+
+    ctx.decode = counting  # type: ignore[method-assign]
+    return counts
+
+
+@pytest.mark.parametrize("cut", [0, 5])
+def test_a_prompt_warmed_under_a_new_adapter_is_served_without_reading_it_again(
+        engine: Engine, lora: Path, ref, cut: int) -> None:  # type: ignore[no-untyped-def]
+    """The promotion pause (issue 5): the next prompt is evaluated under the new adapter in a side
+    context, a step at a time while the base keeps answering, then moved in; the answer is the one
+    a cold cache under the adapter gives, and only the prompt's unwarmed tail is evaluated."""
+    a = lora.resolve()
+    engine.set_adapter(None)
+    prompt = engine.render(Q)
+    engine.warm_start(prompt[: len(prompt) - cut], lora)
+    assert engine.warming == (a, len(prompt) - cut)
+    steps = 0
+    while not engine.warm_step(8):
+        steps += 1
+        assert answer(engine, Q2) == ref[None, "Q2"]  # serving goes on, on the base, between steps
+    assert steps >= 2 and engine.adapter is None
+    assert engine.warm_install() is True
+    assert engine.adapter == a and engine.warming is None and engine._llm.n_tokens == len(prompt) - cut
+    counts = decoded(engine)
+    try:
+        assert answer(engine, Q) == ref[a, "Q"]
+    finally:
+        del engine._llm._ctx.decode
+    assert counts[0] == max(cut, 1)  # the tail only (all matched: the last token, for its logits)
+    engine.set_adapter(None)
+
+
+def test_a_warm_up_can_be_dropped_and_keeps_its_adapter_loaded(engine: Engine, lora: Path, ref, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from rlhi_local.engine.model import MAX_LOADED_ADAPTERS
+
+    engine.set_adapter(None)
+    engine.warm_start(engine.render(Q), lora)
+    assert engine.warm_install() is False  # not evaluated yet: nothing changes
+    engine.warm_step(4)
+    for i in range(MAX_LOADED_ADAPTERS + 1):  # an adapter a side context uses is never evicted
+        engine._load_adapter(write_lora(tmp_path / f"w{i}.gguf", seed=30 + i, rank=1).resolve())
+    assert lora.resolve() in engine._adapters
+    engine.forget([])  # forgetting drops the warm-up (its KV may hold forgotten text)
+    assert engine.warming is None and engine.warm_install() is False and engine.warm_step() is True
+    assert engine.adapter is None and answer(engine, Q) == ref[None, "Q"]
+    with pytest.raises(AdapterError):
+        engine.warm_start(engine.render(Q), tmp_path / "gone.gguf")
+    assert engine.warming is None

@@ -224,6 +224,8 @@ def create_app(state: AppState, token: str | None = None) -> FastAPI:
         current = facts_from_json(active.facts) if active else []
         facts = user_edit_facts(current, [(f.key, f.text, f.deleted) for f in body.facts])
         persona = state.store.add_persona(user, render_card(facts), facts_to_json(facts), "user")
+        if state.warmer is not None:
+            state.warmer.changed(user)
         return persona_out(user, persona)
 
     @app.get("/v1/persona/history", response_model=PersonaHistory, responses=_ERRORS)
@@ -264,6 +266,8 @@ def create_app(state: AppState, token: str | None = None) -> FastAPI:
     async def rollback_adapter(user: str = Query(DEFAULT_USER, pattern=ID_PATTERN)) -> dict[str, object]:
         """Serve the previously active adapter (or the base) instead of the active one."""
         rollback(state.store, user)
+        if state.warmer is not None:
+            state.warmer.changed(user)
         return await list_adapters(user)
 
     @app.post("/v1/adapters/{version}/activate", response_model=AdapterOut, responses=_ERRORS)
@@ -274,7 +278,10 @@ def create_app(state: AppState, token: str | None = None) -> FastAPI:
     ) -> dict[str, object]:
         """Serve this version from the next request on (an adapter of another base is refused)."""
         await check_activation(state, user, version)  # a file llama.cpp cannot load is refused
-        return activate(state.store, state.spec, user, version).to_dict()
+        adapter = activate(state.store, state.spec, user, version)
+        if state.warmer is not None:
+            state.warmer.changed(user)
+        return adapter.to_dict()
 
     @app.get("/v1/schedule", response_model=ScheduleOut, responses=_ERRORS)
     async def get_schedule() -> dict[str, object]:

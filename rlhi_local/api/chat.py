@@ -176,7 +176,15 @@ async def chat_completions(request: Request, body: ChatCompletionRequest) -> Res
         persona_version=persona_version,
         adapter_version=adapter.version if adapter else None,
     )
-    job = state.queue.submit(prompt, params, on_finish=lambda job: _finish(state, turn, job),
+    plain = [{"role": m.role, "content": m.content} for m in history]
+
+    def finished(job: Job) -> None:
+        _finish(state, turn, job)
+        if (state.warmer is not None and not (requested and requested.strip()) and job.finish is not None
+                and job.finish.finish_reason in ("stop", "length")):
+            state.warmer.answered(user_id, plain, system_prompt, job.finish.text)
+
+    job = state.queue.submit(prompt, params, on_finish=finished,
                              adapter=adapter_file(adapter) if adapter else None,
                              fallback=not (requested and requested.strip()))
     if body.stream:

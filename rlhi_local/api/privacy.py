@@ -54,6 +54,8 @@ def add_privacy_routes(app: FastAPI, state: AppState) -> None:
             forget, state.store, user, conversation_id=body.conversation_id, since=body.since,
             until=body.until, everything=body.everything, trainings=state.trainings)
         paths = [Path(p) for p in report.adapter_paths]
+        if state.warmer is not None:
+            state.warmer.forget()
         await state.queue.run_exclusive(lambda engine: engine.forget(paths))
         await state.miner.idle()
         if state.miner.runs != runs:  # it read messages before they were deleted: scrub what it wrote

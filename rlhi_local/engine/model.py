@@ -6,7 +6,10 @@ conversation that grows turn by turn re-evaluates only its new tokens; memory st
 context's worth whatever the number of conversations.
 
 A LoRA adapter can be swapped in between requests (`set_adapter`); the KV cache is dropped on a
-swap because it was computed under the old weights.
+swap because it was computed under the old weights. To spare the next answer re-reading its whole
+prompt (~4 ms a token on two cores), a prompt can be *warmed* first: evaluated under the new
+adapter (or with a new persona) in a second context, a chunk at a time between requests, then
+moved into the serving context in one copy (`warm_start`, `warm_step`, `warm_install`).
 """
 
 from __future__ import annotations
@@ -104,6 +107,21 @@ class Finish:
     latency_ms: float = 0.0
 
 
+@dataclass(eq=False)
+class _Warm:
+    """A prompt being evaluated in a side context of the same model."""
+
+    tokens: list[int]
+    want: tuple[Path, float] | None
+    ctx: Any
+    batch: Any
+    done: int = 0
+
+    def close(self) -> None:
+        self.batch.close()
+        self.ctx.close()
+
+
 class Engine:
     """Owns the llama.cpp model and its context."""
 
@@ -144,6 +162,8 @@ class Engine:
         """The adapter (path, scale) on the context, None for the base model."""
         self._longest_token: int | None = None
         """The vocabulary's longest token in bytes, once a long prompt needed it."""
+        self._warm: _Warm | None = None
+        """The prompt being warmed in a side context, if any."""
         self.load_seconds = time.perf_counter() - started
         log.info(
             "model loaded id=%s n_ctx=%d threads=%d flash_attn=%s in %.2fs",
@@ -164,6 +184,7 @@ class Engine:
     def close(self) -> None:
         import llama_cpp
 
+        self.warm_cancel()
         if self._adapters:
             # Take them off the context before freeing them: it holds their pointers.
             llama_cpp.llama_set_adapters_lora(self._llm._ctx.ctx, None, 0, None)
@@ -234,7 +255,9 @@ class Engine:
                 f"or was trained for another model than {self.spec.id}. Still answering with "
                 f"{current}. Roll back with `rlhi adapters rollback`, or train the adapter again."
             )
-        idle = [p for p in self._adapters if p != self.adapter]  # oldest first; never the active one
+        warming = self._warm.want[0] if self._warm and self._warm.want else None
+        # Oldest first; never the active one, nor one a side context is warming a prompt with.
+        idle = [p for p in self._adapters if p not in (self.adapter, warming)]
         while idle and len(self._adapters) >= MAX_LOADED_ADAPTERS:
             llama_cpp.llama_adapter_lora_free(self._adapters.pop(idle.pop(0)))
         self._adapters[path] = adapter
@@ -248,6 +271,7 @@ class Engine:
         import llama_cpp
 
         gone = {Path(p).resolve() for p in adapters}
+        self.warm_cancel()  # its KV may hold the forgotten conversation too
         if self._active is not None and self._active[0] in gone:
             self._apply(None)
         freed = [p for p in self._adapters if p in gone]
@@ -256,6 +280,108 @@ class Engine:
         self._llm._ctx.kv_cache_seq_rm(-1, 0, -1)
         self._llm.reset()
         return len(freed)
+
+    # -- warming a prompt in a side context --------------------------------------------------------
+
+    @property
+    def warming(self) -> tuple[Path | None, int] | None:
+        """(adapter, tokens) of the prompt being warmed, or None."""
+        w = self._warm
+        return None if w is None else (w.want[0] if w.want else None, len(w.tokens))
+
+    def warm_start(self, tokens: Sequence[int], adapter: Path | None, scale: float = 1.0) -> None:
+        """Begin evaluating `tokens` under `adapter` in a side context (a previous warm-up is
+        dropped). Nothing is evaluated yet and the serving context is untouched; `AdapterError`
+        if the adapter cannot be loaded. Call between requests."""
+        import ctypes
+
+        import llama_cpp
+        from llama_cpp._internals import LlamaBatch, LlamaContext
+
+        self.warm_cancel()
+        tokens = list(tokens)[: self.n_ctx - 1]
+        if not tokens:
+            return
+        want = None if adapter is None else (Path(adapter).resolve(), float(scale))
+        lora = self._load_adapter(want[0]) if want else None
+        params = llama_cpp.llama_context_params.from_buffer_copy(self._llm.context_params)
+        # Same cell layout as the serving context (KV types, flash attention), so the sequence's
+        # state can be copied across; only as many cells as the prompt needs.
+        params.n_ctx = min(self.n_ctx, -(-(len(tokens) + 1) // 256) * 256)
+        params.n_batch = params.n_ubatch = min(int(params.n_batch), params.n_ctx)
+        ctx = LlamaContext(model=self._llm._model, params=params, verbose=False)
+        if lora is not None:
+            rc = llama_cpp.llama_set_adapters_lora(
+                ctx.ctx, (llama_cpp.llama_adapter_lora_p_ctypes * 1)(lora), 1, (ctypes.c_float * 1)(want[1]))
+            if rc != 0:
+                ctx.close()
+                raise AdapterError(f"llama.cpp could not activate the adapter {want[0]} to warm a prompt.")
+        batch = LlamaBatch(n_tokens=params.n_batch, embd=0, n_seq_max=1, verbose=False)
+        self._warm = _Warm(tokens, want, ctx, batch)
+
+    def warm_step(self, max_tokens: int = 32) -> bool:
+        """Evaluate up to `max_tokens` more of the warming prompt; True once all of it is done
+        (or nothing is warming). Short steps keep a request waiting behind one step short."""
+        w = self._warm
+        if w is None:
+            return True
+        end = min(len(w.tokens), w.done + max_tokens, w.done + w.batch._n_tokens)
+        if w.done < end:
+            w.batch.set_batch(w.tokens[w.done:end], n_past=w.done, logits_all=False)
+            try:
+                w.ctx.decode(w.batch)
+            except RuntimeError as exc:
+                self.warm_cancel()
+                raise EngineError(f"llama.cpp failed while warming a prompt: {exc}") from exc
+            w.done = end
+        return w.done >= len(w.tokens)
+
+    def warm_ready(self, adapter: Path | None, scale: float = 1.0) -> bool:
+        """Is a prompt fully warmed under `adapter` (None: the base), ready to install?"""
+        w = self._warm
+        want = None if adapter is None else (Path(adapter).resolve(), float(scale))
+        return w is not None and w.done >= len(w.tokens) and w.want == want
+
+    def warm_install(self) -> bool:
+        """Serve from the warmed prompt: its adapter goes on the serving context and its KV
+        replaces the cache, so the next request that starts with those tokens reads only the
+        rest. False (and nothing changed) if the warm-up is not finished or its state could not
+        be copied."""
+        import ctypes
+
+        import llama_cpp
+
+        w = self._warm
+        if w is None or w.done < len(w.tokens):
+            return False
+        self._warm = None
+        try:
+            size = llama_cpp.llama_state_seq_get_size(w.ctx.ctx, 0)
+            buf = (ctypes.c_uint8 * size)()
+            if llama_cpp.llama_state_seq_get_data(w.ctx.ctx, buf, size, 0) != size:
+                return False
+            if w.want != self._active:
+                self._apply(w.want)
+            llm = self._llm
+            llm._ctx.kv_cache_seq_rm(-1, 0, -1)
+            if llama_cpp.llama_state_seq_set_data(llm._ctx.ctx, buf, size, 0) != size:
+                log.warning("could not move a warmed prompt into the serving context")
+                llm._ctx.kv_cache_seq_rm(-1, 0, -1)
+                llm.reset()  # as after `set_adapter`: the warmed adapter, an empty cache
+                return False
+            n = len(w.tokens)
+            llm.input_ids[:n] = w.tokens
+            llm.n_tokens = n
+            llm._requires_eval = True  # no logits for the last token: replay it if asked for exactly this
+            return True
+        finally:
+            w.close()
+
+    def warm_cancel(self) -> None:
+        """Drop the warm-up in progress, if any."""
+        w, self._warm = self._warm, None
+        if w is not None:
+            w.close()
 
     @contextmanager
     def keep_cache(self) -> Iterator[None]:

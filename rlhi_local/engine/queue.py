@@ -6,7 +6,9 @@ connections; pieces cross back to the loop with `call_soon_threadsafe`. Over `ma
 waiting requests, `reserve` raises `BusyError` (the API answers 503). Each job names its LoRA
 adapter; the worker switches to it before generating, so a swap never lands mid-answer. An adapter
 llama.cpp cannot load is remembered (until its file changes): a job that may fall back answers
-with the base model instead of failing.
+with the base model instead of failing. `warm` evaluates a prompt ahead of its request (under a
+newly promoted adapter, or with a new persona) in short steps queued like jobs, so a request waits
+behind one step at most.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from contextlib import nullcontext
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -111,6 +114,10 @@ class RequestQueue:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlhi-engine")
         self._unreadable: dict[Path, tuple[tuple[int, int] | None, str]] = {}
         """Adapters llama.cpp refused: resolved path -> (the file's size and mtime then, why)."""
+        self._served = 0
+        """Requests (not background jobs) run so far."""
+        self._warm_id = 0
+        """Which `warm` call is current: a newer one supersedes the one in progress."""
 
     @property
     def waiting(self) -> int:
@@ -207,6 +214,10 @@ class RequestQueue:
 
     def _generate(self, job: Job, loop: asyncio.AbstractEventLoop) -> None:
         """Runs on the worker thread."""
+        if not job.background:
+            self._served += 1
+            if self.engine.warm_ready(job.adapter):
+                self.engine.warm_install()  # this request starts from the prompt warmed for it
         if job.cancel_event.is_set():
             job.finish = Finish("cancelled", len(job.prompt), 0, "")
             return
@@ -238,6 +249,45 @@ class RequestQueue:
         loop = asyncio.get_running_loop()
         async with self._lock:
             return await loop.run_in_executor(self._executor, fn, self.engine)
+
+    async def warm(self, tokens: list[int], adapter: Path | None, step_s: float = 0.1,
+                   abandon_on_request: bool = False) -> bool:
+        """Evaluate `tokens` under `adapter` ahead of the request that will start with them, in
+        steps of about `step_s` seconds queued between jobs (a request waits behind one step at
+        most). Returns True once all are evaluated: the next request that asks for `adapter`
+        then starts from them (`Engine.warm_install`) and reads only its own new tokens; requests
+        for other adapters leave them be. False when a newer `warm` superseded this one, or (with
+        `abandon_on_request`) a request was served meanwhile, which made it moot."""
+        self._warm_id += 1
+        me, served = self._warm_id, self._served
+        size = 16  # tokens per step, then sized from the last step's speed
+
+        def current() -> bool:
+            return me == self._warm_id and not (abandon_on_request and self._served != served)
+
+        def start(engine: Engine) -> None:
+            if current():
+                engine.warm_start(tokens, adapter)
+
+        def step(engine: Engine) -> bool | None:
+            nonlocal size
+            if not (current() and engine.warming):
+                return None
+            began = time.perf_counter()
+            done = engine.warm_step(size)
+            per_token = (time.perf_counter() - began) / size
+            size = max(4, min(512, int(step_s / max(per_token, 1e-5))))
+            return done
+
+        await self.run_exclusive(start)
+        while True:
+            done = await self.run_exclusive(step)
+            if done is None:  # superseded, abandoned or dropped (`Engine.forget`)
+                if me == self._warm_id:
+                    await self.run_exclusive(lambda engine: engine.warm_cancel())
+                return False
+            if done:
+                return True
 
     def close(self) -> None:
         """Stop every job at its next token and wait for the worker: the model may then be freed."""
