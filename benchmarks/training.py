@@ -11,10 +11,10 @@ In one run, on the same synthetic pairs (a persona system line, a ~30-word chose
    set, default hparams) in `python -m trainers JOB` with the daemon's environment (nice 10, OpenMP
    threads that sleep when idle); wall time, peak RSS, time per phase;
 3. the serving pause when the daemon promotes that adapter: a client streams answers (one ongoing
-   conversation, so the KV cache holds its prefix) when the daemon promotes the adapter (as a training run does); the
-   daemon warms the conversation under the adapter between streams, then switches. The pause is
-   the worst first-token latency of any stream from the activation on, over the median before;
-   also how long the switch took, and failures.
+   conversation, so the KV cache holds its prefix) when the daemon promotes the adapter as a
+   training run does: the conversation is warmed under it between streams, then it is activated.
+   The pause is the worst first-token latency of any stream from the warm-up's start on, over the
+   median before; also how long the warm-up took, and failures.
 Writes JSON to benchmarks/results/training-<timestamp>.json.
 """
 
@@ -212,7 +212,7 @@ def bench_swap(adapter_dir: Path, streams: int, tokens: int) -> dict[str, Any]:
     state = running.daemon._state
     state.store.add_adapter("local", 1, state.spec.fingerprint, str(adapter_dir), [], {}, "candidate")
     records: list[dict[str, Any]] = []
-    window: dict[str, float] = {}  # when the activate call began and returned
+    window: dict[str, float] = {}  # when the promotion began (warm-up) and ended (activated)
     stop = threading.Event()
 
     def stream(client: Any, i: int, prefix: list[dict[str, str]] = history) -> dict[str, Any]:
@@ -248,17 +248,16 @@ def bench_swap(adapter_dir: Path, streams: int, tokens: int) -> dict[str, Any]:
         while len(records) < streams:
             time.sleep(0.01)
         time.sleep(statistics.median(r["end"] - r["start"] for r in records) / 2)  # mid-way through a stream
-        # Promoted as a training run does it: the store, then the daemon told (from another thread).
-        window["begin"] = time.perf_counter()
-        state.store.activate_adapter("local", 1, reason="replaced by v1")
-        state.trainings.promoted("local")
-        window["end"] = time.perf_counter()
-        # The daemon warms the conversation under the new adapter between streams and switches
-        # once it is done (rlhi_local/api/warming.py): wait for the switch, then `streams` more.
+        # Promoted as a training run does it (from its thread): the user's conversation is warmed
+        # under the adapter between streams (rlhi_local/api/warming.py), then it is activated.
         wanted = (adapter_dir / "adapter.gguf").resolve()
+        window["begin"] = time.perf_counter()
+        state.trainings.prewarm("local", wanted)
+        state.store.activate_adapter("local", 1, reason="replaced by v1")
+        window["end"] = time.perf_counter()
         deadline = time.perf_counter() + 120
         while state.engine.adapter != wanted and time.perf_counter() < deadline:
-            time.sleep(0.005)
+            time.sleep(0.005)  # the next stream installs it
         window["switched"] = time.perf_counter()
         while sum(r["start"] > window["switched"] for r in records) < streams:
             time.sleep(0.01)
@@ -277,9 +276,9 @@ def bench_swap(adapter_dir: Path, streams: int, tokens: int) -> dict[str, Any]:
     since = [r["ttft"] for r in records if r["end"] > window["begin"] and r["ttft"] is not None]
     return {
         "streams_before": len(before), "streams_during": len(during), "streams_after": len(after),
-        "switch_s": window["switched"] - window["end"],
+        "switch_s": window["switched"] - window["begin"],
         "tokens_per_stream": tokens, "failed": sum(bool(r["error"]) for r in records),
-        "errors": [r["error"] for r in records if r["error"]][:5], "activate_call_s": window["end"] - window["begin"],
+        "errors": [r["error"] for r in records if r["error"]][:5], "warm_then_activate_s": window["end"] - window["begin"],
         "ttft_median_before_s": median_before, "ttft_first_after_s": first_after, "ttft_cold_prefix_s": cold["ttft"],
         "ttft_median_after_s": statistics.median(r["ttft"] for r in after if not r["error"]),
         # The worst first-token delay of any stream from the activation on, over the usual one.
@@ -350,8 +349,8 @@ def main() -> None:
             swap = report["swap"] = bench_swap(work / "out", args.streams, args.tokens)
             pause = f"{swap['pause_s']:.3f} s" if swap["pause_s"] is not None else "n/a (first request failed)"
             lines += [f"promotion: pause {pause} (target <= 0.2): worst first token {max(swap['ttft_s']['during'] + swap['ttft_s']['after']):.3f} s "
-                      f"from the activation on vs median {swap['ttft_median_before_s']:.3f} s before; failed requests {swap['failed']} "
-                      f"(target 0); activate call {swap['activate_call_s']:.3f} s; switched {swap['switch_s']:.1f} s later "
+                      f"from the promotion's start on vs median {swap['ttft_median_before_s']:.3f} s before; failed requests {swap['failed']} "
+                      f"(target 0); warm-up before the promotion {swap['warm_then_activate_s']:.1f} s "
                       f"({swap['streams_during']} streams meanwhile)",
                       f"  (the KV cache is reset: first token with the conversation's prefix not cached, base model, "
                       f"no swap: {swap['ttft_cold_prefix_s']:.3f} s)",

@@ -18,6 +18,7 @@ import signal
 import socket
 import stat
 import threading
+import time
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
@@ -33,6 +34,10 @@ if TYPE_CHECKING:
 __all__ = ["Daemon", "ensure_private_dir", "pid_path"]
 
 log = logging.getLogger(__name__)
+
+PREWARM_S = 60.0
+"""The longest a promotion waits for the user's conversation to be warmed under the new adapter:
+under back-to-back requests a 450-token one took 29 s (one step between each two answers)."""
 
 MAX_SOCKET_PATH = 107  # sun_path holds 108 bytes including the final NUL
 
@@ -241,8 +246,25 @@ class Daemon:
         loop = asyncio.get_running_loop()
         if self._state is not None and self._state.warmer is not None:  # type: ignore[attr-defined]
             warmer = self._state.warmer  # type: ignore[attr-defined]
-            # A promotion (the training thread) or a mined persona: warm the conversation for it.
-            self._state.trainings.promoted = lambda user: loop.call_soon_threadsafe(warmer.changed, user, True)  # type: ignore[attr-defined]
+            # An adapter about to be promoted (the training thread waits, at most PREWARM_S) or a
+            # mined persona: warm the user's conversation for it.
+            def prewarm(user: str, adapter: Path) -> None:
+                if not loop.is_running():
+                    return
+                future = asyncio.run_coroutine_threadsafe(warmer.prewarm(user, adapter), loop)
+                deadline = time.monotonic() + PREWARM_S
+                while True:
+                    try:
+                        future.result(0.2)
+                        return
+                    except TimeoutError:
+                        if loop.is_running() and time.monotonic() < deadline:
+                            continue
+                        future.cancel()  # stopping, or too long: promote without it
+                        log.warning("warming user=%s's conversation did not finish: promoting without it", user)
+                        return
+
+            self._state.trainings.prewarm = prewarm  # type: ignore[attr-defined]
             self._state.miner.persona_changed = warmer.changed  # type: ignore[attr-defined]
         if self._state is not None and self._state.scheduler is not None:  # type: ignore[attr-defined]
             self._state.scheduler.start()  # type: ignore[attr-defined]

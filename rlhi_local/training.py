@@ -246,8 +246,9 @@ class Trainings:
                  wait_quiet: Callable[[], bool] = lambda: True, paused: Callable[[], str] = lambda: "") -> None:
         self.judge: Judge | None = None
         """Set by the daemon once it serves: the reward model's verdict for the gate."""
-        self.promoted: Callable[[str], None] | None = None
-        """Set by the daemon: told (from the training thread) when a user's new adapter is active."""
+        self.prewarm: Callable[[str, Path], None] | None = None
+        """Set by the daemon: warms the user's conversation under an adapter about to be promoted
+        (called from the training thread; returns when done, or after its own time limit)."""
         self.store, self.config, self.spec = store, config, spec
         # Paths are fixed when the daemon starts (RLHI_HOME may change later in this process).
         self.root = data_dir() / "adapters"
@@ -367,11 +368,17 @@ class Trainings:
             if verdict:
                 metrics["reward"] = verdict
         reason = gate(metrics, self.config.training)
+        if not reason and self.prewarm is not None:
+            # Before the promotion: the first answer under the new adapter then starts from the
+            # user's conversation read under it, instead of re-reading it (a pause of seconds).
+            self.store.update_train_run(run_id, progress={"event": "phase", "phase": "warm"})
+            try:
+                self.prewarm(user_id, final / "adapter.gguf")
+            except Exception:  # boundary: without it the first answer is only slower
+                log.exception("training run %s: warming the conversation failed", run_id)
         self.store.record_trained_adapter(run_id, user_id, version, self.spec.fingerprint, str(final), pair_ids,
                                           metrics, reason)
         log.info("training run %s: adapter v%d %s", run_id, version, f"rejected: {reason}" if reason else "promoted")
-        if not reason and self.promoted is not None:
-            self.promoted(user_id)
 
     def _child(self, run_id: str, job_path: Path, log_path: Path) -> tuple[str, dict[str, Any], str]:
         """Run the trainer; returns (done | failed | cancelled, metrics, error)."""

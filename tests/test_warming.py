@@ -1,14 +1,15 @@
 """A promoted adapter or a new persona does not make the next answer re-read its conversation.
 
-The real daemon and model: the conversation is warmed in the background under the new adapter (or
-with the new card) while the adapter served before keeps answering; the answer after the switch
-reads only its new tokens and is the answer a cold cache gives; every stored answer names the
-adapter that produced it.
+The real daemon and model: the conversation is warmed in the background under the adapter about to
+be promoted (or with the new card) while the active adapter keeps answering; the answer after the
+switch reads only its new tokens, from a cache that holds exactly its prompt; every stored answer
+names the adapter that produced it.
 """
 
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -33,7 +34,7 @@ def register(d: RunningDaemon) -> Path:
 def wait_warmed(d: RunningDaemon, adapter: Path | None, deadline_s: float = 120) -> None:
     state = d.daemon._state
     deadline = time.monotonic() + deadline_s
-    while not (state.engine.warm_ready(adapter) and not state.warmer._switches):
+    while not state.engine.warm_ready(adapter):
         assert time.monotonic() < deadline, "the conversation was not warmed"
         time.sleep(0.02)
 
@@ -70,20 +71,21 @@ def test_a_promotion_and_a_new_persona_warm_the_conversation_before_the_next_ans
             answers.append(r)
             conv += [{"role": "assistant", "content": r.text}]
 
-            # Promotion, as the training run does it: the conversation (~200 tokens, seconds to warm
-            # on 2 cores) is warmed under v1 while the base, served before, answers the request
-            # sent right away.
-            state.store.activate_adapter("local", 1, reason="replaced by v1")
-            state.trainings.promoted("local")  # from the training thread: onto the daemon's loop
+            # Promotion, as the training run does it, from its own thread: the conversation (~200
+            # tokens: seconds to read on 2 cores) is warmed under v1 while the base, still the
+            # active one, answers a request sent meanwhile; then v1 is activated.
+            promote = threading.Thread(target=state.trainings.prewarm, args=("local", lora))
+            promote.start()
             deadline = time.monotonic() + 10
-            while not state.warmer._switches:
+            while state.engine.warming is None:
                 assert time.monotonic() < deadline
                 time.sleep(0.005)
             r = c.chat(conv + [{"role": "user", "content": "Why?"}], conversation_id="warm2", **greedy)
             answers.append(r)
-            assert r.raw["rlhi"]["adapter_version"] is None  # still the base: the switch waits
-
-            wait_warmed(running, lora)
+            assert r.raw["rlhi"]["adapter_version"] is None
+            promote.join(60)
+            assert not promote.is_alive() and state.engine.warm_ready(lora)  # it waited for the warm-up
+            state.store.activate_adapter("local", 1, reason="replaced by v1")
             assert state.engine.adapter is None  # installed by the first request that wants v1
             conv += [{"role": "user", "content": "And the sun?"}]
             counts = decoded(state.engine)

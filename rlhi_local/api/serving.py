@@ -46,10 +46,9 @@ def answering_adapter(state: AppState, user_id: str, requested: str | None) -> A
                 f"or damaged). Ask for another version or for 'base', or train again.")
         return adapter
     adapter = state.store.active_adapter(user_id)
-    if adapter is not None and adapter_problem(state, adapter) is not None:
-        adapter = None
-    # Just switched: the adapter served before answers until the conversation is warmed.
-    return state.warmer.serving(user_id, adapter) if state.warmer is not None else adapter
+    if adapter is None or adapter_problem(state, adapter) is not None:
+        return None
+    return adapter
 
 
 async def check_activation(state: AppState, user_id: str, version: int) -> None:
