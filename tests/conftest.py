@@ -114,3 +114,13 @@ def wait_for(predicate: Any, timeout: float = 30.0, interval: float = 0.05) -> b
             return True
         time.sleep(interval)
     return False
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` runs: a zombie does not, nor one that ended between the checks."""
+    try:
+        os.kill(pid, 0)
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (ProcessLookupError, FileNotFoundError):
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"  # the state follows the (command name)

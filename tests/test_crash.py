@@ -44,7 +44,7 @@ import pytest
 from rlhi_local.client import Client
 from rlhi_local.errors import DaemonError
 from tests._base import shared_base_dir, shared_cache_root
-from tests.conftest import wait_for
+from tests.conftest import process_alive, wait_for
 
 SEED = int(os.environ.get("RLHI_CRASH_SEED", "20261129"))
 REPORT = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "crash_report.json"
@@ -170,15 +170,6 @@ def make_daemon(name: str, sections: dict[str, dict[str, Any]]) -> Daemon:
         for key, value in values.items():
             env[f"RLHI_{section.upper()}__{key.upper()}"] = str(value)
     return Daemon(name, home, env)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    stat = Path(f"/proc/{pid}/stat")
-    return stat.exists() and stat.read_text().split()[2] != "Z"
 
 
 def sha256(path: Path) -> str:
@@ -427,7 +418,7 @@ def train_until(d: Daemon, user: str, target: str) -> str:
     assert wait_for(reached(("evaluate",)), 600, 0.02), (seen[-1], d.log_tail())
     assert seen[-1] == ("running", "evaluate"), (seen[-1], d.log_tail())
     child = d.children()
-    assert wait_for(lambda: not any(_alive(p) for p in child), 600, 0.002), d.log_tail()
+    assert wait_for(lambda: not any(process_alive(p) for p in child), 600, 0.002), d.log_tail()
     assert wait_for(reached(("install",)), 60, 0.002), (seen[-1], d.log_tail())
     assert seen[-1] in (("running", "install"), ("done", "finished")), (seen[-1], d.log_tail())
     return run_id
@@ -463,7 +454,7 @@ def training_kill(d: Daemon, rng: random.Random, target: str, who: str, delay_ma
     d.kill()
     t.join()
     # The trainer dies with the daemon: no orphan keeps writing into the staging directory.
-    assert wait_for(lambda: not any(_alive(p) for p in children), 15, 0.05), "the trainer outlived its daemon"
+    assert wait_for(lambda: not any(process_alive(p) for p in children), 15, 0.05), "the trainer outlived its daemon"
     assert d.rows("PRAGMA integrity_check") == [("ok",)]
     entry["left_on_disk"] = sorted(p.name for p in (d.home / "data" / "adapters" / "kim").glob("*"))
     d.start()

@@ -28,7 +28,7 @@ import pytest
 from rlhi_local.client import Client
 from tests._base import shared_base_dir, shared_cache_root
 from tests.egress import egress_env, read_egress, recorded_processes
-from tests.conftest import RunningDaemon, start_thread_daemon, stop_thread_daemon, wait_for
+from tests.conftest import RunningDaemon, process_alive, start_thread_daemon, stop_thread_daemon, wait_for
 
 TRAINING = {"rank": 8, "alpha": 16.0, "epochs": 3, "batch_size": 2, "max_len": 192, "lr": 3e-4,
             "min_pairs": 6, "threads": 2, "min_accuracy": 0.5, "max_kl": 1.0, "max_ppl_ratio": 3.0}
@@ -73,12 +73,12 @@ def loop_daemon() -> Iterator[RunningDaemon]:
     shutil.rmtree(home, ignore_errors=True)
 
 
-def chat_and_edit(c: Client, user: str, preference: str, edit: Any) -> None:
+def chat_and_edit(c: Client, user: str, preference: str, edit: Any, max_tokens: int = 64) -> None:
     """The user states a preference once, then edits each answer into what they wanted."""
     c.chat([{"role": "user", "content": preference}], user=user, max_tokens=16)
     for topic in TOPICS:
         question = f"Tell me about {topic}."
-        answer = c.chat([{"role": "user", "content": question}], user=user, max_tokens=64, temperature=0)
+        answer = c.chat([{"role": "user", "content": question}], user=user, max_tokens=max_tokens, temperature=0)
         c.edit_message(answer.message_id, edit(answer.text, topic), user=user)
 
 
@@ -137,7 +137,11 @@ def preference_shift(d: RunningDaemon, store: Any) -> dict[tuple[str, str], floa
 def test_two_users_each_learn_their_own_preference_unattended(loop_daemon: RunningDaemon) -> None:
     with Client(loop_daemon.socket) as c:
         chat_and_edit(c, TERSE, "I prefer short answers.", lambda a, t: terse_edit(a))
-        chat_and_edit(c, DETAILED, "I prefer detailed answers with examples.", detailed_edit)
+        # The detailed user's answers run to the held-out answers' length (160 tokens): an edit of
+        # an answer cut at 64 tokens also taught the adapter to stop early, and made the detailed
+        # adapter's answers shorter than the base's (114 vs 132 words once; another time the
+        # gate's reward check rightly refused it).
+        chat_and_edit(c, DETAILED, "I prefer detailed answers with examples.", detailed_edit, max_tokens=160)
         # Nothing more is asked of the daemon: the schedule mines, trains, gates and promotes.
         assert wait_for(lambda: all(c.adapters(user=u)["active"] for u in (TERSE, DETAILED)), 900, 2.0), \
             [(j["name"], j["last"]) for j in c.schedule()["jobs"]] + [c.train_runs(user=u) for u in (TERSE, DETAILED)]
@@ -218,15 +222,6 @@ def _rows(db: Path, sql: str) -> list[tuple[Any, ...]]:
         return conn.execute(sql).fetchall()
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    stat = Path(f"/proc/{pid}/stat")
-    return not (stat.exists() and stat.read_text().split()[2] == "Z")
-
-
 @pytest.mark.timeout(900)
 def test_a_daemon_killed_mid_training_recovers_and_trains_again(tmp_path: Path) -> None:
     from tests.test_training import LONG, SHORT
@@ -261,7 +256,7 @@ def test_a_daemon_killed_mid_training_recovers_and_trains_again(tmp_path: Path) 
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
         # The trainer dies with the daemon (no orphan writing into the staging directory).
-        assert wait_for(lambda: not any(_alive(int(p)) for p in children), 10, 0.1)
+        assert wait_for(lambda: not any(process_alive(int(p)) for p in children), 10, 0.1)
         assert _rows(db, "SELECT status FROM train_runs") == [("running",)]
         assert _rows(db, "PRAGMA integrity_check") == [("ok",)]
 

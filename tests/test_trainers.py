@@ -102,6 +102,52 @@ def test_encoding_is_the_served_chat_template_then_the_answer_and_end_of_turn(tr
     assert len(long.ids) == 64 and tok.decode(long.ids[long.start :]) == "Short answer.<|im_end|>"
 
 
+def test_a_pair_read_in_one_packed_forward_scores_as_its_answers_read_apart(trainer: Any) -> None:
+    """Training reads [prompt | chosen | rejected] at once, the rejected answer masked from the
+    chosen one and at the same positions: log-probs, NLL and their gradients must be those of
+    the two sequences read one at a time (a leak through the mask or a position off by one
+    would change them). A pair whose prompts differ (cut to fit) is read apart."""
+    import torch
+
+    from trainers.torch_dpo import encode
+
+    example = pairs(1, offset=7)[0]
+    chosen = encode(trainer.tokenizer, example.messages, example.chosen, 128)
+    rejected = encode(trainer.tokenizer, example.messages, example.rejected + " And more words.", 128)
+    assert chosen.start == rejected.start and len(rejected.ids) != len(chosen.ids)
+    params = [q for q in trainer.model.parameters() if q.requires_grad]
+    with torch.no_grad():  # a non-zero adapter, so that gradients reach both LoRA factors
+        for q in params:
+            q.add_(torch.randn_like(q) * 0.01)
+
+    def grads(packed: bool) -> tuple[list[float], list[Any]]:
+        trainer.model.zero_grad(set_to_none=True)
+        if packed:
+            c, r, nll = trainer._pair_logps(chosen, rejected)
+        else:
+            (c, nll), (r, _) = trainer._logps([chosen]), trainer._logps([rejected])
+        (c - 2 * r + nll).sum().backward()
+        return [float(c), float(r), float(nll)], [q.grad.detach().clone() for q in params]
+
+    try:
+        values, g = grads(packed=True)
+        values_apart, g_apart = grads(packed=False)
+        assert values == pytest.approx(values_apart, rel=1e-4)
+        worst = max(float((a - b).norm() / b.norm().clamp(min=1e-12)) for a, b in zip(g, g_apart))
+        assert worst < 1e-4  # measured 7e-6: float summation order
+
+        other = encode(trainer.tokenizer, [{"role": "user", "content": "word " * 200}], "Short.", 128)
+        assert other.ids[: other.start] != chosen.ids[: chosen.start]  # cut to fit: another prompt
+        c, r, _ = trainer._pair_logps(chosen, other)
+        assert float(r) == pytest.approx(float(trainer._logps([other])[0]), rel=1e-4)
+    finally:
+        trainer.model.zero_grad(set_to_none=True)
+        with torch.no_grad():  # back to a zero adapter (B = 0), as the other tests expect
+            for name, q in trainer.model.named_parameters():
+                if "lora_B" in name:
+                    q.zero_()
+
+
 def test_steps_move_the_lora_weights_only_and_learn_the_preference(trainer: Any) -> None:
     import torch
 

@@ -2,8 +2,9 @@
 
 Why a hand-written loop rather than TRL's `DPOTrainer`: the reference model is the same network
 with the adapter disabled, and its log-probabilities never change, so they are computed once
-before training instead of once per step; the loss adds the NLL term DESIGN §7 needs; and the
-child process stays free of TRL, datasets and accelerate (benchmarks/training.py measures it against TRL).
+before training instead of once per step; each pair is one forward that reads its prompt once
+for both answers (`_pair_logps`); the loss adds the NLL term DESIGN §7 needs; and the child
+process stays free of TRL, datasets and accelerate (benchmarks/training.py measures it against TRL).
 
 Loss per pair (Rafailov et al., plus an NLL anchor as in RPO):
     -log σ(β·[(log π(y_w) − log π_ref(y_w)) − (log π(y_l) − log π_ref(y_l))]) + λ·NLL(y_w)/|y_w|
@@ -119,6 +120,40 @@ class DPOTrainer:
         summed = torch.zeros(len(batch), device=self.device).index_add(0, rows, token_logps)
         return summed, -summed / mask.sum(-1).clamp(min=1)
 
+    def _pair_logps(self, chosen: Encoded, rejected: Encoded) -> tuple[Any, Any, Any]:
+        """(chosen, rejected) summed answer log-probs and the chosen answer's mean NLL, in one
+        forward over the prompt once and both answers: [prompt | chosen | rejected], the
+        rejected answer placed at the chosen one's positions and masked from seeing it. The
+        prompt is most of a real pair's tokens (persona card, conversation), so this reads it
+        once instead of twice. Pairs whose prompts differ (cut to fit) go one at a time."""
+        import torch
+
+        p = chosen.start
+        if p == 0 or rejected.start != p or chosen.ids[:p] != rejected.ids[:p]:
+            (c, nll), (r, _) = self._logps([chosen]), self._logps([rejected])
+            return c, r, nll
+        a_c, a_r = chosen.ids[p:], rejected.ids[p:]
+        c, r = len(a_c), len(a_r)
+        n = p + c + r
+        ids = torch.tensor([chosen.ids[:p] + a_c + a_r], device=self.device)
+        positions = torch.tensor([list(range(p + c)) + list(range(p, p + r))], device=self.device)
+        see = torch.tril(torch.ones(n, n, dtype=torch.bool, device=self.device))
+        see[p + c:, p:p + c] = False  # the rejected answer does not see the chosen one
+        inner = self.model.get_base_model()
+        if inner.config._attn_implementation == "sdpa":
+            mask = see[None, None]
+        else:  # eager: an additive mask
+            mask = torch.zeros(1, 1, n, n, device=self.device).masked_fill(~see, torch.finfo(torch.float32).min)
+        # Hidden state i predicts token i+1: both answers' first tokens come from the prompt's last.
+        rows = torch.tensor([*range(p - 1, p + c - 1), p - 1, *range(p + c, n - 1)], device=self.device)
+        targets = torch.tensor(a_c + a_r, device=self.device)
+        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=self.autocast):
+            hidden = inner.model(input_ids=ids, attention_mask=mask, position_ids=positions).last_hidden_state
+            logits = inner.lm_head(hidden[0, rows]).float()
+        token_logps = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        chosen_sum, rejected_sum = token_logps[:c].sum(), token_logps[c:].sum()
+        return chosen_sum.unsqueeze(0), rejected_sum.unsqueeze(0), (-chosen_sum / c).unsqueeze(0)
+
     def logps(self, encoded: Sequence[Encoded], adapter: bool = True, batch_size: int = 8) -> list[float]:
         """Answer log-probs without gradients: under the adapter, or the base (adapter disabled)."""
         import torch
@@ -166,11 +201,10 @@ class DPOTrainer:
                 idx = order[i : i + hp.batch_size]
                 optimiser.zero_grad(set_to_none=True)
                 # One pair at a time, gradients accumulated: no padding wasted on short answers,
-                # and memory holds the activations of two sequences, not of a whole batch.
+                # and memory holds the activations of one packed pair, not of a whole batch.
                 parts: list[tuple[float, dict[str, float]]] = []
                 for j in idx:
-                    policy_chosen, chosen_nll = self._logps([chosen[j]])
-                    policy_rejected, _ = self._logps([rejected[j]])
+                    policy_chosen, policy_rejected, chosen_nll = self._pair_logps(chosen[j], rejected[j])
                     loss, pair_metrics = dpo_loss(policy_chosen, policy_rejected, ref_chosen[j : j + 1],
                                                   ref_rejected[j : j + 1], chosen_nll, hp.beta, hp.nll_weight)
                     (loss / len(idx)).backward()
