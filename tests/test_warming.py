@@ -12,6 +12,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from rlhi_local.client import Client
 from rlhi_local.persona import with_persona
@@ -57,6 +58,15 @@ def same_start(a: str, b: str) -> bool:
     return a[:16] == b[:16]
 
 
+def ask_counting(c: Client, d: RunningDaemon, conv: list[dict[str, str]], **params: object) -> tuple[Any, list[int]]:
+    """The answer to `conv`, and the tokens each decode of the serving context evaluated for it."""
+    counts = decoded(d.daemon._state.engine)
+    try:
+        return c.chat(conv, conversation_id="warm", **params), counts
+    finally:
+        del d.daemon._state.engine._llm._ctx.decode
+
+
 def test_a_promotion_and_a_new_persona_warm_the_conversation_before_the_next_answer(rlhi_home: Path) -> None:
     # No mining: a mined persona would start warm-ups of its own in the middle of the checks.
     running = start_thread_daemon(rlhi_home, {"learning": {"mining": False}})
@@ -88,11 +98,7 @@ def test_a_promotion_and_a_new_persona_warm_the_conversation_before_the_next_ans
             state.store.activate_adapter("local", 1, reason="replaced by v1")
             assert state.engine.adapter is None  # installed by the first request that wants v1
             conv += [{"role": "user", "content": "And the sun?"}]
-            counts = decoded(state.engine)
-            try:
-                r = c.chat(conv, conversation_id="warm", **greedy)
-            finally:
-                del state.engine._llm._ctx.decode
+            r, counts = ask_counting(c, running, conv, **greedy)
             answers.append(r)
             assert r.raw["rlhi"]["adapter_version"] == 1 and state.engine.adapter == lora
             prompt = state.engine.render(with_persona(conv, "", state.config.generation.system_prompt))
@@ -109,11 +115,7 @@ def test_a_promotion_and_a_new_persona_warm_the_conversation_before_the_next_ans
             assert card
             wait_warmed(running, lora)
             conv += [{"role": "user", "content": "How far away is it?"}]
-            counts = decoded(state.engine)
-            try:
-                r = c.chat(conv, conversation_id="warm", **greedy)
-            finally:
-                del state.engine._llm._ctx.decode
+            r, counts = ask_counting(c, running, conv, **greedy)
             answers.append(r)
             assert counts[0] < 20
             assert r.raw["rlhi"]["persona_version"] == c.persona()["version"]
