@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 PREWARM_S = 60.0
 """The longest a promotion waits for the user's conversation to be warmed under the new adapter:
-under back-to-back requests a 450-token one took 29 s (one step between each two answers)."""
+under back-to-back requests a 450-token one took 24-29 s (one step between each two answers)."""
 
 MAX_SOCKET_PATH = 107  # sun_path holds 108 bytes including the final NUL
 
