@@ -127,7 +127,7 @@ def test_a_pair_read_in_one_packed_forward_scores_as_its_answers_read_apart(trai
         else:
             (c, nll), (r, _) = trainer._logps([chosen]), trainer._logps([rejected])
         (c - 2 * r + nll).sum().backward()
-        return [float(c), float(r), float(nll)], [q.grad.detach().clone() for q in params]
+        return [c.item(), r.item(), nll.item()], [q.grad.detach().clone() for q in params]
 
     try:
         values, g = grads(packed=True)
@@ -139,7 +139,7 @@ def test_a_pair_read_in_one_packed_forward_scores_as_its_answers_read_apart(trai
         other = encode(trainer.tokenizer, [{"role": "user", "content": "word " * 200}], "Short.", 128)
         assert other.ids[: other.start] != chosen.ids[: chosen.start]  # cut to fit: another prompt
         c, r, _ = trainer._pair_logps(chosen, other)
-        assert float(r) == pytest.approx(float(trainer._logps([other])[0]), rel=1e-4)
+        assert r.item() == pytest.approx(trainer._logps([other])[0].item(), rel=1e-4)
     finally:
         trainer.model.zero_grad(set_to_none=True)
         with torch.no_grad():  # back to a zero adapter (B = 0), as the other tests expect
