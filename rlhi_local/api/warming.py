@@ -69,11 +69,9 @@ class Warmer:
     def changed(self, user_id: str) -> None:
         """`user_id`'s active adapter or persona changed: warm their conversation for the next
         request, which gets the change whether or not this is done. Call on the event loop."""
-        from .serving import adapter_problem
+        from .serving import answering_adapter
 
-        active = self.state.store.active_adapter(user_id)
-        if active is not None and adapter_problem(self.state, active) is not None:
-            active = None  # the base answers this user (`answering_adapter`)
+        active = answering_adapter(self.state, user_id, None)  # what this user's next request gets
         task = asyncio.get_running_loop().create_task(
             self._warm(user_id, adapter_file(active) if active else None, abandon_on_request=True))
         self._tasks.add(task)

@@ -107,6 +107,11 @@ class Finish:
     latency_ms: float = 0.0
 
 
+def _want(adapter: Path | str | None, scale: float) -> tuple[Path, float] | None:
+    """How an adapter choice is keyed: (resolved path, scale), None for the base model."""
+    return None if adapter is None else (Path(adapter).resolve(), float(scale))
+
+
 @dataclass(eq=False)
 class _Warm:
     """A prompt being evaluated in a side context of the same model."""
@@ -209,7 +214,7 @@ class Engine:
         requests, never during `generate`. An unloadable file raises `AdapterError` and leaves
         the engine as it was (same adapter, same cache).
         """
-        want = None if path is None else (Path(path).resolve(), float(scale))
+        want = _want(path, scale)
         if want == self._active:
             return False
         self._apply(want)
@@ -225,11 +230,15 @@ class Engine:
 
     def _apply(self, want: tuple[Path, float] | None) -> None:
         """Put `want` on the context; the caller decides what happens to the KV cache."""
+        self._put_lora(self._llm._ctx.ctx, want)
+        self._active = want
+
+    def _put_lora(self, ctx: Any, want: tuple[Path, float] | None) -> None:
+        """Set the adapter `want` (None: none) on the llama.cpp context `ctx`."""
         import ctypes
 
         import llama_cpp
 
-        ctx = self._llm._ctx.ctx
         if want is None:
             rc = llama_cpp.llama_set_adapters_lora(ctx, None, 0, None)
         else:
@@ -237,7 +246,6 @@ class Engine:
             rc = llama_cpp.llama_set_adapters_lora(ctx, adapters, 1, (ctypes.c_float * 1)(want[1]))
         if rc != 0:
             raise AdapterError(f"llama.cpp could not activate the adapter {want[0] if want else None}.")
-        self._active = want
 
     def _load_adapter(self, path: Path) -> Any:
         """The loaded adapter for `path`, loading it (and evicting an idle one) if needed."""
@@ -293,8 +301,6 @@ class Engine:
         """Begin evaluating `tokens` under `adapter` in a side context (a previous warm-up is
         dropped). Nothing is evaluated yet and the serving context is untouched; `AdapterError`
         if the adapter cannot be loaded. Call between requests."""
-        import ctypes
-
         import llama_cpp
         from llama_cpp._internals import LlamaBatch, LlamaContext
 
@@ -302,20 +308,21 @@ class Engine:
         tokens = list(tokens)[: self.n_ctx - 1]
         if not tokens:
             return
-        want = None if adapter is None else (Path(adapter).resolve(), float(scale))
-        lora = self._load_adapter(want[0]) if want else None
+        want = _want(adapter, scale)
+        if want is not None:
+            self._load_adapter(want[0])  # AdapterError before any context is made
         params = llama_cpp.llama_context_params.from_buffer_copy(self._llm.context_params)
         # Same cell layout as the serving context (KV types, flash attention), so the sequence's
         # state can be copied across; only as many cells as the prompt needs.
         params.n_ctx = min(self.n_ctx, -(-(len(tokens) + 1) // 256) * 256)
         params.n_batch = params.n_ubatch = min(int(params.n_batch), params.n_ctx)
         ctx = LlamaContext(model=self._llm._model, params=params, verbose=False)
-        if lora is not None:
-            rc = llama_cpp.llama_set_adapters_lora(
-                ctx.ctx, (llama_cpp.llama_adapter_lora_p_ctypes * 1)(lora), 1, (ctypes.c_float * 1)(want[1]))
-            if rc != 0:
+        if want is not None:
+            try:
+                self._put_lora(ctx.ctx, want)
+            except AdapterError:
                 ctx.close()
-                raise AdapterError(f"llama.cpp could not activate the adapter {want[0]} to warm a prompt.")
+                raise
         batch = LlamaBatch(n_tokens=params.n_batch, embd=0, n_seq_max=1, verbose=False)
         self._warm = _Warm(tokens, want, ctx, batch)
 
@@ -339,14 +346,13 @@ class Engine:
     def warm_ready(self, adapter: Path | None, scale: float = 1.0) -> bool:
         """Is a prompt fully warmed under `adapter` (None: the base), ready to install?"""
         w = self._warm
-        want = None if adapter is None else (Path(adapter).resolve(), float(scale))
-        return w is not None and w.done >= len(w.tokens) and w.want == want
+        return w is not None and w.done >= len(w.tokens) and w.want == _want(adapter, scale)
 
     def warm_install(self) -> bool:
         """Serve from the warmed prompt: its adapter goes on the serving context and its KV
         replaces the cache, so the next request that starts with those tokens reads only the
-        rest. False (and nothing changed) if the warm-up is not finished or its state could not
-        be copied."""
+        rest. False if the warm-up is not finished (nothing changes) or its state could not be
+        copied (then the warmed adapter is on, with an empty cache, as after `set_adapter`)."""
         import ctypes
 
         import llama_cpp
